@@ -1,0 +1,1 @@
+//! Placeholder: checkpoints are being written.

@@ -1,0 +1,1 @@
+//! Placeholder: data loading is being written.

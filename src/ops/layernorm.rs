@@ -1,0 +1,1 @@
+//! Placeholder module; its kernels are being written.

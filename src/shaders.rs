@@ -1,0 +1,45 @@
+//! The WGSL sources of `shaders/`, embedded at build time.
+
+use crate::gpu::Shader;
+
+macro_rules! shader {
+    ($name:ident, $file:literal) => {
+        pub static $name: Shader = Shader {
+            file: $file,
+            source: include_str!(concat!("../shaders/", $file)),
+        };
+    };
+}
+
+shader!(MATMUL, "matmul.wgsl");
+shader!(MATMUL_VEC4, "matmul_vec4.wgsl");
+shader!(TRANSPOSE, "transpose.wgsl");
+shader!(ELEMENTWISE, "elementwise.wgsl");
+shader!(REDUCE, "reduce.wgsl");
+shader!(OPTIM, "optim.wgsl");
+shader!(SOFTMAX, "softmax.wgsl");
+shader!(LAYERNORM, "layernorm.wgsl");
+shader!(EMBEDDING, "embedding.wgsl");
+shader!(CROSS_ENTROPY, "cross_entropy.wgsl");
+shader!(PERMUTE, "permute.wgsl");
+shader!(ATTENTION_DENSE, "attention_dense.wgsl");
+shader!(ATTENTION_GATHERED, "attention_gathered.wgsl");
+
+/// Every shader, for validation tests.
+pub fn all() -> Vec<&'static Shader> {
+    vec![
+        &MATMUL,
+        &MATMUL_VEC4,
+        &TRANSPOSE,
+        &ELEMENTWISE,
+        &REDUCE,
+        &OPTIM,
+        &SOFTMAX,
+        &LAYERNORM,
+        &EMBEDDING,
+        &CROSS_ENTROPY,
+        &PERMUTE,
+        &ATTENTION_DENSE,
+        &ATTENTION_GATHERED,
+    ]
+}

@@ -1,0 +1,1 @@
+//! Placeholder: the CPU reference of this kernel family is being written.
