@@ -14,7 +14,10 @@ fn filled(shape: &[usize]) -> Tensor {
 
 fn bench_matmul(c: &mut Criterion) {
     let gpu = fiak::gpu::get();
-    println!("adapter: {} ({:?}, {:?}), matmul variant {:?}", gpu.info.name, gpu.info.backend, gpu.info.device_type, gpu.matmul_variant);
+    println!(
+        "adapter: {} ({:?}, {:?}), matmul variant {:?}",
+        gpu.info.name, gpu.info.backend, gpu.info.device_type, gpu.matmul_variant
+    );
 
     // (label, M, N, K, trans_b)
     let cases = [

@@ -111,7 +111,12 @@ impl Tensor {
         if data.len() != self.numel() || self.dtype != DType::F32 {
             return Err(Error::shape(
                 "Tensor::write_f32",
-                format!("tensor {:?} {:?} cannot take {} f32 values", self.shape, self.dtype, data.len()),
+                format!(
+                    "tensor {:?} {:?} cannot take {} f32 values",
+                    self.shape,
+                    self.dtype,
+                    data.len()
+                ),
             ));
         }
         upload_chunked(self.raw(), 0, bytemuck::cast_slice(data));
@@ -181,8 +186,15 @@ impl Tensor {
         let start_byte = start as u64 * elem;
         let offset = start_byte / align * align;
         let size = start_byte + len as u64 * elem - offset;
-        assert!(start + len <= self.numel(), "window {start}+{len} outside {:?}", self.shape);
-        assert!(size <= gpu.max_binding_bytes(), "window of {size} bytes exceeds the binding limit");
+        assert!(
+            start + len <= self.numel(),
+            "window {start}+{len} outside {:?}",
+            self.shape
+        );
+        assert!(
+            size <= gpu.max_binding_bytes(),
+            "window of {size} bytes exceeds the binding limit"
+        );
         let binding = Binding {
             buffer: self.raw(),
             offset,
@@ -196,7 +208,11 @@ impl Tensor {
         if numel(shape) != self.numel() {
             return Err(Error::shape(
                 "reshape",
-                format!("cannot reshape {:?} ({} elements) to {shape:?}", self.shape, self.numel()),
+                format!(
+                    "cannot reshape {:?} ({} elements) to {shape:?}",
+                    self.shape,
+                    self.numel()
+                ),
             ));
         }
         Ok(Tensor {
@@ -220,7 +236,10 @@ impl Tensor {
         if other.numel() != self.numel() || other.dtype != self.dtype {
             return Err(Error::shape(
                 "copy_from",
-                format!("{:?} {:?} from {:?} {:?}", self.shape, self.dtype, other.shape, other.dtype),
+                format!(
+                    "{:?} {:?} from {:?} {:?}",
+                    self.shape, self.dtype, other.shape, other.dtype
+                ),
             ));
         }
         if self.byte_len() > 0 {

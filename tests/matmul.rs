@@ -11,7 +11,17 @@ use fiak::ops::{matmul, matmul_into};
 const ATOL: f32 = 1e-4;
 const RTOL: f32 = 1e-4;
 
-fn check(rng: &mut Rng, batch: usize, m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool, with_bias: bool, b_batched: bool) {
+fn check(
+    rng: &mut Rng,
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    trans_a: bool,
+    trans_b: bool,
+    with_bias: bool,
+    b_batched: bool,
+) {
     let a = rng.vec(batch * m * k, 1.0);
     let b_count = if b_batched { batch } else { 1 };
     let b = rng.vec(b_count * k * n, 1.0);
@@ -19,15 +29,33 @@ fn check(rng: &mut Rng, batch: usize, m: usize, n: usize, k: usize, trans_a: boo
 
     let a_shape = if trans_a { vec![batch, k, m] } else { vec![batch, m, k] };
     let b_inner = if trans_b { [n, k] } else { [k, n] };
-    let b_shape: Vec<usize> = if b_batched { vec![batch, b_inner[0], b_inner[1]] } else { b_inner.to_vec() };
+    let b_shape: Vec<usize> = if b_batched {
+        vec![batch, b_inner[0], b_inner[1]]
+    } else {
+        b_inner.to_vec()
+    };
     let ta = Tensor::from_f32(&a_shape, &a).unwrap();
     let tb = Tensor::from_f32(&b_shape, &b).unwrap();
     let tbias = Tensor::from_f32(&[n], &bias).unwrap();
 
     let got = matmul(&ta, &tb, trans_a, trans_b, with_bias.then_some(&tbias)).unwrap();
     assert_eq!(got.shape(), &[batch, m, n]);
-    let want = reference::matmul(&a, &b, with_bias.then_some(&bias[..]), batch, m, n, k, trans_a, trans_b, b_batched);
-    let what = format!("matmul b={batch} m={m} n={n} k={k} ta={trans_a} tb={trans_b} bias={with_bias} shared_b={}", !b_batched);
+    let want = reference::matmul(
+        &a,
+        &b,
+        with_bias.then_some(&bias[..]),
+        batch,
+        m,
+        n,
+        k,
+        trans_a,
+        trans_b,
+        b_batched,
+    );
+    let what = format!(
+        "matmul b={batch} m={m} n={n} k={k} ta={trans_a} tb={trans_b} bias={with_bias} shared_b={}",
+        !b_batched
+    );
     assert_close(&what, &got.to_f32_vec(), &want, ATOL * k as f32, RTOL);
 }
 

@@ -36,8 +36,9 @@ pub(crate) struct Batch {
 impl Gpu {
     fn encoder<'b>(&self, batch: &'b mut Batch) -> &'b mut wgpu::CommandEncoder {
         batch.encoder.get_or_insert_with(|| {
-            self.device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("fiak.batch") })
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("fiak.batch"),
+            })
         })
     }
 
@@ -120,8 +121,9 @@ impl Gpu {
             }
         });
         let encoder = batch.encoder.get_or_insert_with(|| {
-            self.device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("fiak.batch") })
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("fiak.batch"),
+            })
         });
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -165,7 +167,8 @@ impl Gpu {
             mapped_at_creation: false,
         });
         self.queue.write_buffer(&staging, 0, data);
-        self.encoder(&mut batch).copy_buffer_to_buffer(&staging, 0, buffer, offset, Some(size));
+        self.encoder(&mut batch)
+            .copy_buffer_to_buffer(&staging, 0, buffer, offset, Some(size));
     }
 
     /// Fills `size` bytes of `buffer` from `offset` with zeros, in recording order.
@@ -175,9 +178,17 @@ impl Gpu {
     }
 
     /// Copies bytes between buffers, in recording order.
-    pub fn copy(&self, source: &wgpu::Buffer, source_offset: u64, target: &wgpu::Buffer, target_offset: u64, size: u64) {
+    pub fn copy(
+        &self,
+        source: &wgpu::Buffer,
+        source_offset: u64,
+        target: &wgpu::Buffer,
+        target_offset: u64,
+        size: u64,
+    ) {
         let mut batch = self.batch.lock().unwrap();
-        self.encoder(&mut batch).copy_buffer_to_buffer(source, source_offset, target, target_offset, Some(size));
+        self.encoder(&mut batch)
+            .copy_buffer_to_buffer(source, source_offset, target, target_offset, Some(size));
     }
 
     /// Submits everything recorded so far.
@@ -205,7 +216,8 @@ impl Gpu {
         });
         {
             let mut batch = self.batch.lock().unwrap();
-            self.encoder(&mut batch).copy_buffer_to_buffer(buffer, offset, &staging, 0, Some(padded));
+            self.encoder(&mut batch)
+                .copy_buffer_to_buffer(buffer, offset, &staging, 0, Some(padded));
             self.submit(&mut batch);
         }
         let (sender, receiver) = std::sync::mpsc::channel();

@@ -136,7 +136,11 @@ pub fn enumerate_adapters(backend: Option<&str>) -> Result<Vec<wgpu::Adapter>> {
     Ok(pollster::block_on(instance.enumerate_adapters(backends)))
 }
 
-fn choose_adapter(instance: &wgpu::Instance, backends: wgpu::Backends, selector: Option<String>) -> Result<wgpu::Adapter> {
+fn choose_adapter(
+    instance: &wgpu::Instance,
+    backends: wgpu::Backends,
+    selector: Option<String>,
+) -> Result<wgpu::Adapter> {
     let adapters = pollster::block_on(instance.enumerate_adapters(backends));
     if adapters.is_empty() {
         return Err(Error::NoAdapter(format!(
@@ -163,7 +167,11 @@ fn choose_adapter(instance: &wgpu::Instance, backends: wgpu::Backends, selector:
         .collect();
     if let Ok(index) = selector.parse::<usize>() {
         return adapters.into_iter().nth(index).ok_or_else(|| {
-            Error::invalid("adapter", &selector, format!("no adapter with that index; available: {}", names.join(", ")))
+            Error::invalid(
+                "adapter",
+                &selector,
+                format!("no adapter with that index; available: {}", names.join(", ")),
+            )
         });
     }
     let needle = selector.to_ascii_lowercase();
@@ -171,7 +179,11 @@ fn choose_adapter(instance: &wgpu::Instance, backends: wgpu::Backends, selector:
         .into_iter()
         .find(|a| a.get_info().name.to_ascii_lowercase().contains(&needle))
         .ok_or_else(|| {
-            Error::invalid("adapter", &selector, format!("no adapter name contains it; available: {}", names.join(", ")))
+            Error::invalid(
+                "adapter",
+                &selector,
+                format!("no adapter name contains it; available: {}", names.join(", ")),
+            )
         })
 }
 
@@ -225,7 +237,12 @@ impl Gpu {
         };
         log::info!(
             "GPU: {} ({:?}, {:?}, driver {} {}), matmul {:?}",
-            info.name, info.backend, info.device_type, info.driver, info.driver_info, matmul_variant
+            info.name,
+            info.backend,
+            info.device_type,
+            info.driver,
+            info.driver_info,
+            matmul_variant
         );
 
         Ok(Gpu {
@@ -286,7 +303,11 @@ impl Gpu {
         }
         let layout = pipeline.get_bind_group_layout(0);
         let label = format!("{}:{entry}", shader.file.trim_end_matches(".wgsl"));
-        let p = Pipeline { pipeline, layout, label };
+        let p = Pipeline {
+            pipeline,
+            layout,
+            label,
+        };
         self.pipelines.lock().unwrap().insert(key, p.clone());
         Ok(p)
     }

@@ -148,7 +148,10 @@ impl Gpu {
         self.profiler.as_ref()?;
         let rows = self.kernel_times();
         let total: f64 = rows.iter().map(|r| r.total_ms).sum();
-        let mut out = format!("{:<40} {:>8} {:>12} {:>10} {:>7}\n", "kernel", "calls", "total ms", "mean us", "share");
+        let mut out = format!(
+            "{:<40} {:>8} {:>12} {:>10} {:>7}\n",
+            "kernel", "calls", "total ms", "mean us", "share"
+        );
         for r in &rows {
             out.push_str(&format!(
                 "{:<40} {:>8} {:>12.3} {:>10.1} {:>6.1}%\n",
@@ -159,7 +162,12 @@ impl Gpu {
                 100.0 * r.total_ms / total.max(1e-12)
             ));
         }
-        out.push_str(&format!("{:<40} {:>8} {:>12.3}\n", "all kernels", rows.iter().map(|r| r.calls).sum::<u64>(), total));
+        out.push_str(&format!(
+            "{:<40} {:>8} {:>12.3}\n",
+            "all kernels",
+            rows.iter().map(|r| r.calls).sum::<u64>(),
+            total
+        ));
         Some(out)
     }
 }

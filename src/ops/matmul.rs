@@ -62,7 +62,10 @@ struct Problem {
 
 fn resolve(a: &[usize], b: &[usize], trans_a: bool, trans_b: bool) -> Result<(Problem, Vec<usize>)> {
     if a.len() < 2 || b.len() < 2 {
-        return Err(Error::shape("matmul", format!("operands need rank >= 2, got {a:?} and {b:?}")));
+        return Err(Error::shape(
+            "matmul",
+            format!("operands need rank >= 2, got {a:?} and {b:?}"),
+        ));
     }
     let (ar, ac) = (a[a.len() - 2], a[a.len() - 1]);
     let (br, bc) = (b[b.len() - 2], b[b.len() - 1]);
@@ -85,7 +88,10 @@ fn resolve(a: &[usize], b: &[usize], trans_a: bool, trans_b: bool) -> Result<(Pr
     } else if a_batch.is_empty() || a_count == 1 {
         (b_batch.to_vec(), 0, br * bc)
     } else {
-        return Err(Error::shape("matmul", format!("batch dimensions differ: {a:?} and {b:?}")));
+        return Err(Error::shape(
+            "matmul",
+            format!("batch dimensions differ: {a:?} and {b:?}"),
+        ));
     };
     let (a_rs, a_cs) = if trans_a { (1, ar.max(1)) } else { (ac, 1) };
     let (b_rs, b_cs) = if trans_b { (1, bc) } else { (bc, 1) };
@@ -139,16 +145,25 @@ pub fn matmul_into(
 ) -> Result<()> {
     let (problem, out_shape) = resolve(a.shape(), b.shape(), trans_a, trans_b)?;
     if out.numel() != out_shape.iter().product::<usize>() {
-        return Err(Error::shape("matmul", format!("output {:?} does not fit the product {out_shape:?}", out.shape())));
+        return Err(Error::shape(
+            "matmul",
+            format!("output {:?} does not fit the product {out_shape:?}", out.shape()),
+        ));
     }
     if let Some(bias) = bias
         && bias.numel() != problem.n
     {
-        return Err(Error::shape("matmul", format!("bias {:?} does not match N = {}", bias.shape(), problem.n)));
+        return Err(Error::shape(
+            "matmul",
+            format!("bias {:?} does not match N = {}", bias.shape(), problem.n),
+        ));
     }
     for (name, t) in [("A", a), ("B", b), ("output", out)] {
         if t.dtype() != DType::F32 {
-            return Err(Error::shape("matmul", format!("{name} must be f32, got {:?}", t.dtype())));
+            return Err(Error::shape(
+                "matmul",
+                format!("{name} must be f32, got {:?}", t.dtype()),
+            ));
         }
     }
     if problem.m == 0 || problem.n == 0 {
@@ -169,7 +184,9 @@ pub fn matmul_into(
     }
 
     let ops = Operands { a, b, out, bias };
-    let fits = [a, b, out].iter().all(|t| t.byte_len() <= gpu::get().max_binding_bytes());
+    let fits = [a, b, out]
+        .iter()
+        .all(|t| t.byte_len() <= gpu::get().max_binding_bytes());
     if fits {
         let window = Window::full(&problem);
         return ops.dispatch(&problem, &window, alpha, accumulate, true, true);
@@ -204,7 +221,15 @@ struct Window {
 
 impl Window {
     fn full(p: &Problem) -> Window {
-        Window { batch: 0, m0: 0, m1: p.m, n0: 0, n1: p.n, k0: 0, k1: p.k }
+        Window {
+            batch: 0,
+            m0: 0,
+            m1: p.m,
+            n0: 0,
+            n1: p.n,
+            k0: 0,
+            k1: p.k,
+        }
     }
 }
 
@@ -249,7 +274,10 @@ impl Operands<'_> {
         if hi - lo < 2 {
             return Err(Error::shape(
                 "matmul",
-                format!("operand {:?} cannot be split into windows under the binding limit", [self.a, self.b, self.out][worst].shape()),
+                format!(
+                    "operand {:?} cannot be split into windows under the binding limit",
+                    [self.a, self.b, self.out][worst].shape()
+                ),
             ));
         }
         let mid = lo + (hi - lo) / 2;
@@ -268,7 +296,15 @@ impl Operands<'_> {
         }
     }
 
-    fn dispatch(&self, p: &Problem, w: &Window, alpha: f32, accumulate: bool, with_bias: bool, whole_batch: bool) -> Result<()> {
+    fn dispatch(
+        &self,
+        p: &Problem,
+        w: &Window,
+        alpha: f32,
+        accumulate: bool,
+        with_bias: bool,
+        whole_batch: bool,
+    ) -> Result<()> {
         let gpu = gpu::get();
         let (m, n, k) = (w.m1 - w.m0, w.n1 - w.n0, w.k1 - w.k0);
         let batch = if whole_batch { p.batch } else { 1 };
@@ -311,7 +347,11 @@ impl Operands<'_> {
         let vec4_ok = whole_batch && vec4_layout(p);
         let trans_a = [("TRANS_A", if p.a_rs == 1 && p.a_cs != 1 { 1.0 } else { 0.0 })];
         if gpu.matmul_variant == MatmulVariant::Registers && vec4_ok {
-            let groups = [super::groups(n, REG_TN * REG_WG), super::groups(m, REG_TM * REG_WG), batch as u32];
+            let groups = [
+                super::groups(n, REG_TN * REG_WG),
+                super::groups(m, REG_TM * REG_WG),
+                batch as u32,
+            ];
             return gpu.dispatch(
                 &shaders::MATMUL_VEC4,
                 "matmul_vec4",
@@ -324,9 +364,16 @@ impl Operands<'_> {
         let (entry, groups) = match gpu.matmul_variant {
             MatmulVariant::Registers => (
                 "matmul_registers",
-                [super::groups(n, REG_TN * REG_WG), super::groups(m, REG_TM * REG_WG), batch as u32],
+                [
+                    super::groups(n, REG_TN * REG_WG),
+                    super::groups(m, REG_TM * REG_WG),
+                    batch as u32,
+                ],
             ),
-            MatmulVariant::Tiled => ("matmul_tiled", [super::groups(n, TILE), super::groups(m, TILE), batch as u32]),
+            MatmulVariant::Tiled => (
+                "matmul_tiled",
+                [super::groups(n, TILE), super::groups(m, TILE), batch as u32],
+            ),
         };
         gpu.dispatch(
             &shaders::MATMUL,

@@ -18,7 +18,10 @@ struct Params {
 /// Returns x with its last two axes swapped: [..., R, C] -> [..., C, R].
 pub fn transpose(x: &Tensor) -> Result<Tensor> {
     if x.rank() < 2 || x.dtype() != DType::F32 {
-        return Err(Error::shape("transpose", format!("needs an f32 tensor of rank >= 2, got {:?} {:?}", x.shape(), x.dtype())));
+        return Err(Error::shape(
+            "transpose",
+            format!("needs an f32 tensor of rank >= 2, got {:?} {:?}", x.shape(), x.dtype()),
+        ));
     }
     let rank = x.rank();
     let (rows, cols) = (x.shape()[rank - 2], x.shape()[rank - 1]);
@@ -29,7 +32,11 @@ pub fn transpose(x: &Tensor) -> Result<Tensor> {
     if x.numel() == 0 {
         return Ok(out);
     }
-    let params = Params { rows: rows as u32, cols: cols as u32, pad: [0; 2] };
+    let params = Params {
+        rows: rows as u32,
+        cols: cols as u32,
+        pad: [0; 2],
+    };
     gpu::get().dispatch(
         &shaders::TRANSPOSE,
         "transpose",
