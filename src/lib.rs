@@ -3,6 +3,7 @@
 //! Admixture of Keys", ICASSP 2023), through wgpu on Vulkan, Metal and DX12.
 
 pub mod checkpoint;
+pub mod cli;
 pub mod data;
 pub mod error;
 pub mod gpu;

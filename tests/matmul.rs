@@ -11,6 +11,7 @@ use fiak::ops::{matmul, matmul_into};
 const ATOL: f32 = 1e-4;
 const RTOL: f32 = 1e-4;
 
+#[allow(clippy::too_many_arguments)]
 fn check(
     rng: &mut Rng,
     batch: usize,

@@ -85,7 +85,8 @@ pub fn get() -> &'static Gpu {
     }
 }
 
-fn install_hint() -> &'static str {
+/// How to get a GPU adapter on this operating system.
+pub fn install_hint() -> &'static str {
     if cfg!(target_os = "linux") {
         "install a Vulkan driver; on a Linux machine without a GPU, Mesa's software driver \
          lavapipe works: `apt-get install mesa-vulkan-drivers`"
@@ -262,7 +263,7 @@ impl Gpu {
 
     /// Largest byte range one storage binding may cover on this device.
     pub fn max_binding_bytes(&self) -> u64 {
-        self.limits.max_storage_buffer_binding_size as u64
+        self.limits.max_storage_buffer_binding_size
     }
 
     /// Required alignment in bytes of a storage binding's offset.

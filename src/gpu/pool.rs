@@ -66,10 +66,10 @@ impl GpuBuffer {
 
 impl Drop for GpuBuffer {
     fn drop(&mut self) {
-        if let Some(buffer) = self.buffer.take() {
-            if let Some(gpu) = super::try_get_existing() {
-                gpu.pool.release(buffer);
-            }
+        if let Some(buffer) = self.buffer.take()
+            && let Some(gpu) = super::try_get_existing()
+        {
+            gpu.pool.release(buffer);
         }
     }
 }

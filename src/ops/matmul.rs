@@ -389,8 +389,8 @@ impl Operands<'_> {
 /// Whether the operands suit `matmul_vec4`: B row-major, A row-major or transposed, and every
 /// row length, offset and batch stride a multiple of 4.
 fn vec4_layout(p: &Problem) -> bool {
-    let b_ok = p.b_cs == 1 && p.n % 4 == 0 && p.b_rs % 4 == 0 && p.b_bs % 4 == 0;
-    let a_row_major = p.a_cs == 1 && p.k % 4 == 0 && p.a_rs % 4 == 0;
-    let a_transposed = p.a_rs == 1 && p.a_cs != 1 && p.m % 4 == 0 && p.a_cs % 4 == 0;
-    b_ok && p.a_bs % 4 == 0 && (a_row_major || a_transposed)
+    let b_ok = p.b_cs == 1 && p.n.is_multiple_of(4) && p.b_rs.is_multiple_of(4) && p.b_bs.is_multiple_of(4);
+    let a_row_major = p.a_cs == 1 && p.k.is_multiple_of(4) && p.a_rs.is_multiple_of(4);
+    let a_transposed = p.a_rs == 1 && p.a_cs != 1 && p.m.is_multiple_of(4) && p.a_cs.is_multiple_of(4);
+    b_ok && p.a_bs.is_multiple_of(4) && (a_row_major || a_transposed)
 }

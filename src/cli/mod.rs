@@ -1,0 +1,61 @@
+//! The `fiak` command line.
+
+mod devices;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::Result;
+use crate::gpu::{self, GpuOptions};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fiak",
+    version,
+    about = "Train, prune and benchmark transformers with FiAK on any GPU"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub gpu: GpuArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct GpuArgs {
+    /// Graphics backend: vulkan, metal, dx12 or gl [env: FIAK_BACKEND]
+    #[arg(long, global = true)]
+    pub backend: Option<String>,
+
+    /// Adapter index from `fiak devices`, or part of its name [env: FIAK_ADAPTER]
+    #[arg(long, global = true)]
+    pub adapter: Option<String>,
+}
+
+impl GpuArgs {
+    pub fn options(&self) -> GpuOptions {
+        GpuOptions {
+            backend: self.backend.clone(),
+            adapter: self.adapter.clone(),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List adapters with backend, device type, driver and key limits
+    Devices(devices::DevicesArgs),
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    let result = match &cli.command {
+        Command::Devices(args) => devices::run(&cli.gpu, args),
+    };
+    if let Some(gpu) = gpu::try_get_existing()
+        && let Some(report) = gpu.profile_report()
+    {
+        eprintln!("GPU time per kernel (FIAK_PROFILE=1):\n{report}");
+    }
+    result
+}
