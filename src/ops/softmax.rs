@@ -1,1 +1,165 @@
-//! Placeholder module; its kernels are being written.
+//! Softmax over the last axis and its backward.
+//!
+//! Also home of the helpers shared by the row kernels (softmax, layer norm, cross-entropy):
+//! the workgroup size per row length, the 2-D grid for more than 65535 workgroups and the
+//! split of rows into windows that fit one storage binding.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+use crate::gpu::{self, Binding};
+use crate::shaders;
+use crate::tensor::{DType, Tensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    /// Element offsets of bindings 1, 2 and 3 inside their windows.
+    off: [u32; 3],
+    pad: [u32; 3],
+}
+
+/// Columns each invocation of a row kernel keeps in registers (`CACHE` in the shaders).
+pub(super) const ROW_CACHE: usize = 16;
+
+/// Workgroup size of a row kernel for rows of `cols` elements: a power of two up to 256, enough
+/// for one block of `ROW_CACHE` columns per invocation where possible. GPUs get at least 32
+/// invocations (one warp); CPU adapters such as lavapipe get as few as 8 (one SIMD vector),
+/// because every invocation costs them time even when it has no column.
+pub(super) fn row_workgroup(cols: usize) -> usize {
+    let min = if gpu::get().info.device_type == wgpu::DeviceType::Cpu {
+        8
+    } else {
+        32
+    };
+    cols.div_ceil(ROW_CACHE).next_power_of_two().clamp(min, 256)
+}
+
+/// A grid of `groups` workgroups laid out as x + y * x_count, since each dimension is limited
+/// to 65535 workgroups.
+pub(super) fn grid(groups: usize) -> [u32; 3] {
+    let x = groups.clamp(1, 65535);
+    [x as u32, groups.div_ceil(x).max(1) as u32, 1]
+}
+
+/// Splits `rows` rows into consecutive ranges (start, count) such that a window of `count`
+/// rows of each operand fits one storage binding. `row_elems` lists the elements per row of
+/// every row-shaped operand; counts are multiples of `multiple` except for the last range.
+pub(super) fn row_windows(
+    op: &'static str,
+    rows: usize,
+    row_elems: &[usize],
+    multiple: usize,
+) -> Result<Vec<(usize, usize)>> {
+    let gpu = gpu::get();
+    // A window may start up to one alignment unit before its first element.
+    let limit = ((gpu.max_binding_bytes() - gpu.binding_alignment()) / 4) as usize;
+    let widest = row_elems.iter().copied().max().unwrap_or(1).max(1);
+    let fit = limit / widest / multiple * multiple;
+    if fit == 0 {
+        return Err(Error::shape(
+            op,
+            format!("{multiple} row(s) of {widest} elements exceed the storage binding limit of {limit} elements"),
+        ));
+    }
+    let mut windows = Vec::new();
+    let mut start = 0;
+    while start < rows {
+        let count = fit.min(rows - start);
+        windows.push((start, count));
+        start += count;
+    }
+    Ok(windows)
+}
+
+/// Binds rows `start .. start + count` of a tensor with `row_elems` elements per row.
+pub(super) fn bind_rows(t: &Tensor, start: usize, count: usize, row_elems: usize) -> (Binding<'_>, u32) {
+    t.bind_window(start * row_elems, count * row_elems)
+}
+
+fn check_f32(op: &'static str, name: &str, t: &Tensor) -> Result<()> {
+    if t.dtype() != DType::F32 || t.rank() == 0 {
+        return Err(Error::shape(
+            op,
+            format!(
+                "{name} must be an f32 tensor of rank >= 1, got {:?} {:?}",
+                t.shape(),
+                t.dtype()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Returns the softmax of `x` over its last axis; the output has the shape of `x`.
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    check_f32("softmax", "x", x)?;
+    let y = Tensor::empty(x.shape(), DType::F32);
+    let cols = x.dim(-1);
+    if x.numel() == 0 {
+        return Ok(y);
+    }
+    let rows = x.numel() / cols;
+    let wg = row_workgroup(cols);
+    for (start, count) in row_windows("softmax", rows, &[cols], 1)? {
+        let (x_bind, x_off) = bind_rows(x, start, count, cols);
+        let (y_bind, y_off) = bind_rows(&y, start, count, cols);
+        let params = Params {
+            rows: count as u32,
+            cols: cols as u32,
+            off: [x_off, y_off, 0],
+            pad: [0; 3],
+        };
+        gpu::get().dispatch(
+            &shaders::SOFTMAX,
+            "softmax",
+            &[("WG", wg as f64)],
+            bytemuck::bytes_of(&params),
+            &[x_bind, y_bind],
+            grid(count),
+        )?;
+    }
+    Ok(y)
+}
+
+/// Returns the gradient of softmax over the last axis, dx = y * (dy - sum(dy * y)) per row,
+/// from the forward output `y` and the output gradient `dy` of the same shape.
+pub fn softmax_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    check_f32("softmax_backward", "y", y)?;
+    check_f32("softmax_backward", "dy", dy)?;
+    if y.shape() != dy.shape() {
+        return Err(Error::shape(
+            "softmax_backward",
+            format!("y {:?} and dy {:?} differ in shape", y.shape(), dy.shape()),
+        ));
+    }
+    let dx = Tensor::empty(y.shape(), DType::F32);
+    let cols = y.dim(-1);
+    if y.numel() == 0 {
+        return Ok(dx);
+    }
+    let rows = y.numel() / cols;
+    let wg = row_workgroup(cols);
+    for (start, count) in row_windows("softmax_backward", rows, &[cols], 1)? {
+        let (y_bind, y_off) = bind_rows(y, start, count, cols);
+        let (dy_bind, dy_off) = bind_rows(dy, start, count, cols);
+        let (dx_bind, dx_off) = bind_rows(&dx, start, count, cols);
+        let params = Params {
+            rows: count as u32,
+            cols: cols as u32,
+            off: [y_off, dy_off, dx_off],
+            pad: [0; 3],
+        };
+        gpu::get().dispatch(
+            &shaders::SOFTMAX,
+            "softmax_backward",
+            &[("WG", wg as f64)],
+            bytemuck::bytes_of(&params),
+            &[y_bind, dy_bind, dx_bind],
+            grid(count),
+        )?;
+    }
+    Ok(dx)
+}
