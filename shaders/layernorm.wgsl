@@ -106,8 +106,8 @@ var<workgroup> red_a: array<f32, WG>;
 var<workgroup> red_b: array<f32, WG>;
 var<workgroup> red_c: array<f32, WG>;
 
-// Merges the (count, mean, sum of squared deviations) statistics of two disjoint sets
-// (Chan et al.'s parallel form of Welford's algorithm).
+// Merges the (count, mean, sum of squared deviations) statistics of two disjoint sets, the
+// pairwise form of Welford's algorithm.
 fn merge_moments(a: vec3<f32>, b: vec3<f32>) -> vec3<f32> {
     let n = a.x + b.x;
     if (n == 0.0) {

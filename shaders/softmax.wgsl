@@ -14,10 +14,10 @@
 //   3  dx      array<f32>   [rows, cols] from off2
 //
 // Grid: workgroup (x, y) handles row x + y * num_workgroups.x. A row is walked in blocks of
-// WG * CACHE columns; invocation `lid` keeps columns lid + k * WG (k < CACHE) of the current
-// block in registers. Statistics pass over every block, so a row of up to WG * CACHE columns
-// is loaded once; in longer rows the blocks before the last are loaded a second time by the
-// output pass. WG must be a power of two.
+// WG * CACHE columns, and invocation `lid` keeps columns lid + k * WG (k < CACHE) of the
+// current block in registers. A row of up to WG * CACHE columns is therefore loaded once. In
+// longer rows the output pass loads the blocks before the last a second time. WG must be a
+// power of two.
 
 struct Params {
     rows: u32,

@@ -7,8 +7,8 @@ use common::{Rng, assert_close, reference};
 use fiak::Tensor;
 use fiak::ops::softmax::{softmax, softmax_backward};
 
-/// Outputs are probabilities up to 1; f32 exp and sums of up to 5000 terms stay within a few
-/// ulps of 1e-7 per term, so 1e-6 absolute plus 1e-4 relative is ample.
+/// Outputs are probabilities up to 1, and f32 exp and sums of up to 5000 terms stay within a
+/// few ulps of 1e-7 per term, so 1e-6 absolute plus 1e-4 relative is ample.
 const ATOL: f32 = 1e-6;
 const RTOL: f32 = 1e-4;
 

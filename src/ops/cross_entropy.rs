@@ -81,8 +81,8 @@ fn params(problem: &Problem, label_smoothing: f32, ignore_index: Option<u32>) ->
 /// indices `targets` (u32, one per row), and the row log-sum-exp `lse` [N] for the backward.
 ///
 /// With smoothing eps, a row's loss is (1 - eps) * nll + eps * mean_c(-log p_c). Rows whose
-/// target equals `ignore_index` are left out of the loss and of the count it divides by; when
-/// every row is ignored the loss is 0.
+/// target equals `ignore_index` are left out of the loss and of the count it divides by. When
+/// every row is ignored, the loss is 0.
 ///
 /// NOTE: a target >= C that is not the ignore index cannot be reported without a readback, so
 /// such a row is treated as ignored instead of failing as in PyTorch.

@@ -81,7 +81,7 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Resul
     if !(eps >= 0.0 && eps.is_finite()) {
         return Err(Error::invalid("eps", eps, "layer_norm needs a finite eps >= 0"));
     }
-    let rows = if cols == 0 { 0 } else { x.numel() / cols };
+    let rows = x.numel().checked_div(cols).unwrap_or(0);
 
     let y = Tensor::empty(x.shape(), DType::F32);
     let mean = Tensor::empty(&[rows], DType::F32);
@@ -134,7 +134,7 @@ pub fn layer_norm_backward(
         return Err(Error::shape(OP, "x must have rank >= 1, got a scalar"));
     }
     let cols = x.dim(-1);
-    let rows = if cols == 0 { 0 } else { x.numel() / cols };
+    let rows = x.numel().checked_div(cols).unwrap_or(0);
     check(OP, "x", x, None)?;
     check(OP, "weight", weight, Some(&[cols]))?;
     check(OP, "mean", mean, Some(&[rows]))?;

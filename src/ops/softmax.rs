@@ -37,8 +37,8 @@ pub(super) fn row_workgroup(cols: usize) -> usize {
     cols.div_ceil(ROW_CACHE).next_power_of_two().clamp(min, 256)
 }
 
-/// A grid of `groups` workgroups laid out as x + y * x_count, since each dimension is limited
-/// to 65535 workgroups.
+/// Lays out `groups` workgroups as a 2-D grid numbered x + y * x_count, because each grid
+/// dimension is limited to 65535 workgroups.
 pub(super) fn grid(groups: usize) -> [u32; 3] {
     let x = groups.clamp(1, 65535);
     [x as u32, groups.div_ceil(x).max(1) as u32, 1]

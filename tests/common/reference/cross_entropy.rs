@@ -1,7 +1,7 @@
 //! CPU reference of the fused cross-entropy loss (log-softmax + NLL with label smoothing and an
 //! ignore index, mean over valid rows) and its backward, in f64.
 
-/// Whether a row with target `t` counts: a class index below `cols` that is not ignored.
+/// Returns whether a row with target `t` counts: a class index below `cols` that is not ignored.
 fn valid(t: u32, cols: usize, ignore_index: Option<u32>) -> bool {
     (t as usize) < cols && Some(t) != ignore_index
 }

@@ -1,1 +1,0 @@
-//! Placeholder module; its kernels are being written.

@@ -1,0 +1,270 @@
+//! Prior-weighted attention, `softmax_j(s_ij + b_ij) v_j`, in three forms:
+//!
+//! - [`attention_dense`]: fused kernels in the FlashAttention style that never store the
+//!   Nq x Nk scores in the forward, with an optional bias broadcast as [B|1, H|1, Nq|1, Nk].
+//! - [`attention_gathered`]: the same over a pruning [`Pattern`], reading only the kept keys of
+//!   each row, in O(nnz d) work and O(nnz) memory.
+//! - [`attention_unfused`]: the plain path of matmul, bias, mask, softmax and matmul, which
+//!   keeps the probabilities.
+//!
+//! The scores are `s_ij = q_i . k_j / sqrt(d)` for [`LogitKernel::Dot`]; the Gaussian kernel
+//! `-|q_i - k_j|^2 / (2 sqrt(d))` equals that plus the per-key term `-|k_j|^2 / (2 sqrt(d))`,
+//! because `|q_i|^2` is constant within a row and cancels in the softmax. A causal model masks
+//! the keys j > i, so row i attends to keys 0..=i, aligned at the top left when Nq != Nk.
+//!
+//! A row without a visible key returns zeros and a log-sum-exp of 0; its gradients are zero.
+//! Biases must be finite: mask an entry with a large negative value such as -1e9, never with
+//! -inf.
+
+mod dense;
+mod unfused;
+
+use std::ops::Range;
+
+pub use dense::{attention_dense, attention_dense_backward};
+pub use unfused::{attention_unfused, attention_unfused_backward};
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+use crate::gpu::{self, Binding};
+use crate::tensor::{DType, Tensor};
+
+/// Function that turns a query and a key into an attention score.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum LogitKernel {
+    /// `q . k / sqrt(d)`: standard softmax attention.
+    Dot,
+    /// `-|q - k|^2 / (2 sqrt(d))`: the Gaussian-mixture form of FiAK.
+    Gaussian,
+}
+
+/// Options shared by every attention op. The scale is always `1 / sqrt(d)`.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionConfig {
+    /// Mask the keys j > i of query row i.
+    pub causal: bool,
+    pub logits: LogitKernel,
+}
+
+/// Largest head width of the fused and gathered kernels, which hold a few rows of this width
+/// in registers per invocation (`MAX_D` in their shaders).
+pub const MAX_HEAD_WIDTH: usize = 128;
+
+// Flags of the kernels' `Params.flags`, as in the shaders.
+const CAUSAL: u32 = 1;
+const GAUSSIAN: u32 = 2;
+const HAS_BIAS: u32 = 4;
+const ACCUMULATE_DBIAS: u32 = 8;
+
+/// The uniform block of every attention kernel (`Params` in the shaders).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Pod, Zeroable)]
+struct Params {
+    heads: u32,
+    nq: u32,
+    nk: u32,
+    flags: u32,
+    bias_bs: u32,
+    bias_hs: u32,
+    bias_rs: u32,
+    scale: f32,
+    q_off: u32,
+    k_off: u32,
+    row_off: u32,
+    bias_off: u32,
+    b_inner: u32,
+    h_inner: u32,
+    aux0: u32,
+    aux1: u32,
+}
+
+/// Sizes of one attention call: q [B, H, Nq, d], k and v [B, H, Nk, d].
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    batch: usize,
+    heads: usize,
+    nq: usize,
+    nk: usize,
+    d: usize,
+}
+
+impl Dims {
+    /// Checks the shapes and dtypes of q, k and v.
+    fn of(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Dims> {
+        for (name, t) in [("q", q), ("k", k), ("v", v)] {
+            if t.rank() != 4 || t.dtype() != DType::F32 {
+                return Err(Error::shape(
+                    op,
+                    format!(
+                        "{name} must be an f32 tensor [B, H, N, d], got {:?} {:?}",
+                        t.shape(),
+                        t.dtype()
+                    ),
+                ));
+            }
+        }
+        let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
+        if ks != vs || qs[0] != ks[0] || qs[1] != ks[1] || qs[3] != ks[3] {
+            return Err(Error::shape(
+                op,
+                format!("q {qs:?}, k {ks:?} and v {vs:?} must be [B, H, Nq, d], [B, H, Nk, d], [B, H, Nk, d]"),
+            ));
+        }
+        if qs[3] == 0 {
+            return Err(Error::shape(op, format!("head width is 0 in q {qs:?}")));
+        }
+        Ok(Dims {
+            batch: qs[0],
+            heads: qs[1],
+            nq: qs[2],
+            nk: ks[2],
+            d: qs[3],
+        })
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.d as f32).sqrt()
+    }
+
+    /// Elements of one batch item of q (and of out, dout, dq).
+    fn q_item(&self) -> usize {
+        self.heads * self.nq * self.d
+    }
+
+    /// Elements of one batch item of k (and of v, dk, dv).
+    fn k_item(&self) -> usize {
+        self.heads * self.nk * self.d
+    }
+
+    /// Elements of one batch item of lse.
+    fn row_item(&self) -> usize {
+        self.heads * self.nq
+    }
+
+    /// Rejects head widths the register arrays of the fused kernels cannot hold.
+    fn check_head_width(&self, op: &'static str) -> Result<()> {
+        if self.d > MAX_HEAD_WIDTH {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "head width {} exceeds the {MAX_HEAD_WIDTH} the fused kernels support; use attention_unfused",
+                    self.d
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks that a tensor has the expected shape and dtype f32.
+fn expect_shape(op: &'static str, name: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
+    if t.shape() != shape || t.dtype() != DType::F32 {
+        return Err(Error::shape(
+            op,
+            format!("{name} must be f32 {shape:?}, got {:?} {:?}", t.shape(), t.dtype()),
+        ));
+    }
+    Ok(())
+}
+
+/// A dense bias [B|1, H|1, Nq|1, Nk] and its strides, 0 on broadcast axes.
+#[derive(Clone, Copy, Debug)]
+struct BiasLayout {
+    shape: [usize; 4],
+    bs: usize,
+    hs: usize,
+    rs: usize,
+}
+
+impl BiasLayout {
+    fn of(op: &'static str, shape: &[usize], dims: &Dims) -> Result<BiasLayout> {
+        let full = [dims.batch, dims.heads, dims.nq, dims.nk];
+        let fits = shape.len() == 4 && (0..3).all(|a| shape[a] == 1 || shape[a] == full[a]) && shape[3] == dims.nk;
+        if !fits {
+            return Err(Error::shape(
+                op,
+                format!("bias {shape:?} does not broadcast to [B|1, H|1, Nq|1, Nk] = {full:?}"),
+            ));
+        }
+        let stride = |axis: usize, inner: usize| if shape[axis] == 1 { 0 } else { inner };
+        Ok(BiasLayout {
+            shape: [shape[0], shape[1], shape[2], shape[3]],
+            bs: stride(0, shape[1] * shape[2] * shape[3]),
+            hs: stride(1, shape[2] * shape[3]),
+            rs: stride(2, shape[3]),
+        })
+    }
+
+    fn of_tensor(op: &'static str, bias: &Tensor, dims: &Dims) -> Result<BiasLayout> {
+        if bias.dtype() != DType::F32 {
+            return Err(Error::shape(op, format!("bias must be f32, got {:?}", bias.dtype())));
+        }
+        Self::of(op, bias.shape(), dims)
+    }
+
+    fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Returns whether the batch items of a dispatch share one bias slice, so their bias
+    /// gradients sum into it.
+    fn batch_broadcast(&self) -> bool {
+        self.shape[0] == 1
+    }
+
+    /// Elements of one batch item of the bias, or None when it broadcasts over the batch.
+    fn item(&self) -> Option<usize> {
+        (!self.batch_broadcast()).then_some(self.numel() / self.shape[0])
+    }
+}
+
+/// Invocations per workgroup of the row kernels, each owning one query (or key) row. CPU
+/// adapters such as lavapipe run a workgroup as a loop over SIMD groups, so smaller blocks
+/// waste less on causal masks and ragged ends; GPUs want more threads to hide latency.
+fn rows_per_workgroup() -> usize {
+    if gpu::get().info.device_type == wgpu::DeviceType::Cpu {
+        32
+    } else {
+        64
+    }
+}
+
+/// Override constants of a kernel specialised for head width `d`.
+fn constants(d: usize) -> [(&'static str, f64); 2] {
+    [("D", d as f64), ("BLOCK", rows_per_workgroup() as f64)]
+}
+
+/// Splits `batch` items into ranges whose windows fit one storage binding, given the elements
+/// per batch item of every tensor that is bound per batch range. Usually one range.
+fn batch_chunks(op: &'static str, batch: usize, item_elements: &[usize]) -> Result<Vec<Range<usize>>> {
+    let gpu = gpu::get();
+    let limit = gpu.max_binding_bytes().saturating_sub(gpu.binding_alignment());
+    let item_bytes = item_elements.iter().copied().max().unwrap_or(0) as u64 * 4;
+    if item_bytes > limit {
+        return Err(Error::shape(
+            op,
+            format!(
+                "one batch item needs a {item_bytes}-byte binding, over the device's limit of {} bytes; \
+                 use fewer heads or a shorter sequence",
+                gpu.max_binding_bytes()
+            ),
+        ));
+    }
+    let per_chunk = limit.checked_div(item_bytes).map_or(batch, |n| n as usize).max(1);
+    Ok((0..batch)
+        .step_by(per_chunk)
+        .map(|b0| b0..(b0 + per_chunk).min(batch))
+        .collect())
+}
+
+/// Binds the batch range `items` of a tensor whose batch items hold `item` elements, and
+/// returns the binding and the element offset of the range's start inside it.
+fn window<'t>(t: &'t Tensor, item: usize, items: &Range<usize>) -> (Binding<'t>, u32) {
+    t.bind_window(items.start * item, items.len() * item)
+}
+
+/// Binds a whole tensor that every batch range reads.
+fn whole(t: &Tensor) -> Binding<'_> {
+    t.bind_window(0, t.numel()).0
+}
