@@ -15,6 +15,7 @@ shader!(MATMUL, "matmul.wgsl");
 shader!(MATMUL_VEC4, "matmul_vec4.wgsl");
 shader!(TRANSPOSE, "transpose.wgsl");
 shader!(ELEMENTWISE, "elementwise.wgsl");
+shader!(EM_PRIOR, "em_prior.wgsl");
 shader!(REDUCE, "reduce.wgsl");
 shader!(OPTIM, "optim.wgsl");
 shader!(SOFTMAX, "softmax.wgsl");
@@ -32,6 +33,7 @@ pub fn all() -> Vec<&'static Shader> {
         &MATMUL_VEC4,
         &TRANSPOSE,
         &ELEMENTWISE,
+        &EM_PRIOR,
         &REDUCE,
         &OPTIM,
         &SOFTMAX,

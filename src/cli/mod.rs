@@ -1,6 +1,12 @@
 //! The `fiak` command line.
 
+mod common;
 mod devices;
+mod eval;
+mod generate;
+mod prune;
+mod run;
+mod train;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -45,12 +51,30 @@ impl GpuArgs {
 pub enum Command {
     /// List adapters with backend, device type, driver and key limits
     Devices(devices::DevicesArgs),
+    /// Train a dense or FiAK model; --init DIR continues from a model
+    Train(train::TrainCmd),
+    /// Build pruning patterns from learned priors
+    Prune(prune::PruneCmd),
+    /// Accuracy or perplexity, throughput, attention FLOPs and memory
+    Eval(eval::EvalCmd),
+    /// The whole pipeline: dense baseline, FiAK priors, prune, fine-tune, evaluate, report
+    Run(run::RunCmd),
+    /// Sample text from a GPT model
+    Generate(generate::GenerateCmd),
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
+    if !matches!(cli.command, Command::Devices(_)) {
+        gpu::init(&cli.gpu.options())?;
+    }
     let result = match &cli.command {
         Command::Devices(args) => devices::run(&cli.gpu, args),
+        Command::Train(cmd) => train::run(cmd),
+        Command::Prune(cmd) => prune::run(cmd),
+        Command::Eval(cmd) => eval::run(cmd),
+        Command::Run(cmd) => run::run(cmd),
+        Command::Generate(cmd) => generate::run(cmd),
     };
     if let Some(gpu) = gpu::try_get_existing()
         && let Some(report) = gpu.profile_report()

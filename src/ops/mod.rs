@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod cross_entropy;
 pub mod elementwise;
+pub mod em_prior;
 pub mod embedding;
 pub mod layernorm;
 pub mod matmul;

@@ -268,3 +268,5 @@ fn window<'t>(t: &'t Tensor, item: usize, items: &Range<usize>) -> (Binding<'t>,
 fn whole(t: &Tensor) -> Binding<'_> {
     t.bind_window(0, t.numel()).0
 }
+mod tmp_gathered;
+pub use tmp_gathered::*;

@@ -1,0 +1,302 @@
+//! Data and model setup shared by the commands.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, ValueEnum};
+
+use crate::autograd::AttentionPath;
+use crate::data::{ChannelStats, Split, TokenizerKind, load_image_dataset, load_text};
+use crate::error::{Error, Result};
+use crate::fiak::{LogitKernel, PriorKind, PriorLearning};
+use crate::models::{Gpt, GptConfig, Model, Vit, VitConfig};
+use crate::optim::AdamWConfig;
+use crate::train::{TaskData, TrainOptions};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+pub enum ModelKind {
+    Vit,
+    Gpt,
+}
+
+/// Training flags shared by `fiak train` and `fiak run`.
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Optimizer steps
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Passes over the training set (images); overrides --steps
+    #[arg(long)]
+    pub epochs: Option<f64>,
+    /// Batch size in images or sequences
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Peak learning rate
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Peak learning rate of the prior logits
+    #[arg(long, default_value_t = 1e-2)]
+    pub prior_lr: f32,
+    /// Decoupled weight decay of weight matrices
+    #[arg(long, default_value_t = 0.05)]
+    pub weight_decay: f32,
+    /// Warmup steps of the learning-rate schedule
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// Evaluate and save a checkpoint every N steps
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Evaluate on at most N batches (default: the whole held-out split)
+    #[arg(long)]
+    pub eval_batches: Option<usize>,
+    /// Label smoothing of the classification loss
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f32,
+    /// Seed of initialisation and data order
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Dense attention implementation
+    #[arg(long, value_enum, default_value_t = AttentionPath::Fused)]
+    pub attention: AttentionPath,
+    /// Hide the progress bar
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Where the data comes from.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Data set: an IDX, CIFAR-10 or image-class folder (ViT), or a text file or folder (GPT);
+    /// default: the bundled Fashion-MNIST subset or Moby-Dick
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Tokenizer of text data
+    #[arg(long, value_enum, default_value_t = TokenizerArg::Byte)]
+    pub tokenizer: TokenizerArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TokenizerArg {
+    Byte,
+    Gpt2,
+}
+
+impl TokenizerArg {
+    pub fn kind(self) -> TokenizerKind {
+        match self {
+            TokenizerArg::Byte => TokenizerKind::Byte,
+            TokenizerArg::Gpt2 => TokenizerKind::Gpt2,
+        }
+    }
+}
+
+/// FiAK flags of a model.
+#[derive(Args, Debug, Clone)]
+pub struct FiakArgs {
+    /// Prior of every attention layer
+    #[arg(long, value_enum)]
+    pub prior: Option<PriorKind>,
+    /// How the priors are learned
+    #[arg(long, value_enum, default_value_t = PriorLearning::Gd)]
+    pub prior_learning: PriorLearning,
+    /// Logit kernel of new models
+    #[arg(long, value_enum, default_value_t = LogitArg::Dot)]
+    pub logits: LogitArg,
+}
+
+/// The logit kernel as a command-line value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogitArg {
+    /// q.k / sqrt(d): standard softmax attention
+    Dot,
+    /// -|q - k|^2 / (2 sqrt(d)): the Gaussian-mixture form
+    Gaussian,
+}
+
+impl LogitArg {
+    pub fn kernel(self) -> LogitKernel {
+        match self {
+            LogitArg::Dot => LogitKernel::Dot,
+            LogitArg::Gaussian => LogitKernel::Gaussian,
+        }
+    }
+}
+
+/// Loads the data of a model kind. Image data is normalised with the training set's channel
+/// statistics, or with `stats` when given (a trained model's).
+pub fn load_task(
+    kind: ModelKind,
+    data: &DataArgs,
+    image_shape: (usize, usize),
+    stats: Option<ChannelStats>,
+) -> Result<(TaskData, Option<ChannelStats>, usize)> {
+    match kind {
+        ModelKind::Vit => {
+            let (channels, size) = image_shape;
+            let mut train = load_image_dataset(data.data.as_deref(), Split::Train, channels, size, size)?;
+            let mut test = load_image_dataset(data.data.as_deref(), Split::Test, channels, size, size)?;
+            let stats = stats.unwrap_or_else(|| train.channel_stats());
+            train.normalize(&stats)?;
+            test.normalize(&stats)?;
+            log::info!(
+                "images: {} training, {} test, {} classes, [{}, {}, {}]",
+                train.len,
+                test.len,
+                train.classes,
+                train.channels,
+                train.height,
+                train.width
+            );
+            let classes = train.classes;
+            Ok((
+                TaskData::Images {
+                    train: Arc::new(train),
+                    test: Arc::new(test),
+                },
+                Some(stats),
+                classes,
+            ))
+        }
+        ModelKind::Gpt => {
+            let corpus = load_text(data.data.as_deref(), data.tokenizer.kind())?;
+            log::info!(
+                "text: {} training and {} validation tokens ({}) from {}",
+                corpus.train.len(),
+                corpus.validation.len(),
+                corpus.tokenizer,
+                corpus.source.display()
+            );
+            let vocab = corpus.vocab_size;
+            Ok((
+                TaskData::Text {
+                    train: Arc::new(corpus.train),
+                    validation: Arc::new(corpus.validation),
+                },
+                None,
+                vocab,
+            ))
+        }
+    }
+}
+
+/// A new model of a preset, sized for the data.
+pub fn new_model(
+    kind: ModelKind,
+    preset: &str,
+    classes_or_vocab: usize,
+    stats: Option<&ChannelStats>,
+    fiak: &FiakArgs,
+    seed: u64,
+) -> Result<Model> {
+    match kind {
+        ModelKind::Vit => {
+            let mut config = VitConfig::preset(preset, classes_or_vocab)?;
+            if let Some(stats) = stats {
+                config.pixel_mean = stats.mean.clone();
+                config.pixel_std = stats.std.clone();
+            }
+            config.fiak.logits = fiak.logits.kernel();
+            if let Some(prior) = fiak.prior {
+                config.fiak.prior = prior;
+                config.fiak.learning = fiak.prior_learning;
+            }
+            Ok(Model::Vit(Vit::new(config, seed)?))
+        }
+        ModelKind::Gpt => {
+            let mut config = GptConfig::preset(preset)?;
+            config.vocab_size = classes_or_vocab;
+            if classes_or_vocab != 256 {
+                config.tokenizer = "gpt2".to_string();
+            }
+            config.fiak.logits = fiak.logits.kernel();
+            if let Some(prior) = fiak.prior {
+                config.fiak.prior = prior;
+                config.fiak.learning = fiak.prior_learning;
+            }
+            Ok(Model::Gpt(Gpt::new(config, seed)?))
+        }
+    }
+}
+
+pub fn default_preset(kind: ModelKind) -> &'static str {
+    match kind {
+        ModelKind::Vit => "p4",
+        ModelKind::Gpt => "byte-128",
+    }
+}
+
+/// Steps, batch size, learning rate and evaluation interval: the flags where given, else the
+/// defaults of the model kind and preset.
+pub fn train_options(kind: ModelKind, preset: &str, args: &TrainArgs, train_len: usize) -> Result<TrainOptions> {
+    let smoke = preset == "smoke";
+    let (batch, steps, lr) = match kind {
+        ModelKind::Vit => (64, if smoke { 60 } else { 1500 }, 2e-3),
+        ModelKind::Gpt => (16, if smoke { 60 } else { 1500 }, 2e-3),
+    };
+    let batch_size = args.batch_size.unwrap_or(batch);
+    if batch_size == 0 {
+        return Err(Error::invalid("--batch-size", 0, "must be at least 1"));
+    }
+    let steps = match (args.epochs, kind) {
+        (Some(epochs), ModelKind::Vit) => {
+            if !(epochs > 0.0) {
+                return Err(Error::invalid("--epochs", epochs, "must be positive"));
+            }
+            ((epochs * train_len as f64) / batch_size as f64).ceil() as usize
+        }
+        (Some(_), ModelKind::Gpt) => {
+            return Err(Error::invalid(
+                "--epochs",
+                "for gpt",
+                "text training counts --steps; drop --epochs",
+            ));
+        }
+        (None, _) => args.steps.unwrap_or(steps),
+    };
+    if steps == 0 {
+        return Err(Error::invalid("--steps", 0, "must be at least 1"));
+    }
+    let lr = args.lr.unwrap_or(lr);
+    if !(lr > 0.0 && lr.is_finite()) {
+        return Err(Error::invalid("--lr", lr, "must be a positive number"));
+    }
+    Ok(TrainOptions {
+        steps,
+        batch_size,
+        optimizer: AdamWConfig {
+            lr,
+            prior_lr: args.prior_lr,
+            weight_decay: args.weight_decay,
+            ..AdamWConfig::default()
+        },
+        warmup_steps: args.warmup.unwrap_or((steps / 20).max(1)),
+        eval_every: args.eval_every.unwrap_or(steps.div_ceil(4)).max(1),
+        log_every: 10.min(steps),
+        eval_batches: args.eval_batches,
+        seed: args.seed,
+        label_smoothing: args.label_smoothing,
+        attention: args.attention,
+        progress: !args.quiet,
+    })
+}
+
+/// The kind and image shape of a saved model, for loading its data.
+pub fn model_data_shape(model: &Model) -> (ModelKind, (usize, usize), Option<ChannelStats>) {
+    match model {
+        Model::Vit(m) => {
+            let stats = (!m.config.pixel_mean.is_empty()).then(|| ChannelStats {
+                mean: m.config.pixel_mean.clone(),
+                std: m.config.pixel_std.clone(),
+            });
+            (ModelKind::Vit, (m.config.in_chans, m.config.img_size), stats)
+        }
+        Model::Gpt(_) => (ModelKind::Gpt, (0, 0), None),
+    }
+}
+
+pub fn check_out_dir(out: &Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        return Err(Error::file(out, "exists and is not a folder; choose another --out"));
+    }
+    Ok(())
+}
