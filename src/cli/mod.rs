@@ -1,5 +1,6 @@
 //! The `fiak` command line.
 
+mod bench;
 mod common;
 mod devices;
 mod eval;
@@ -43,6 +44,7 @@ impl GpuArgs {
         GpuOptions {
             backend: self.backend.clone(),
             adapter: self.adapter.clone(),
+            profile: false,
         }
     }
 }
@@ -61,12 +63,16 @@ pub enum Command {
     Run(run::RunCmd),
     /// Sample text from a GPT model
     Generate(generate::GenerateCmd),
+    /// Dense against pruned: kernel times, model throughput, peak memory
+    Bench(bench::BenchCmd),
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     if !matches!(cli.command, Command::Devices(_)) {
-        gpu::init(&cli.gpu.options())?;
+        let mut options = cli.gpu.options();
+        options.profile = matches!(cli.command, Command::Bench(_));
+        gpu::init(&options)?;
     }
     let result = match &cli.command {
         Command::Devices(args) => devices::run(&cli.gpu, args),
@@ -75,8 +81,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(cmd) => eval::run(cmd),
         Command::Run(cmd) => run::run(cmd),
         Command::Generate(cmd) => generate::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
     };
+    let profile_requested = std::env::var("FIAK_PROFILE").is_ok_and(|v| v == "1");
     if let Some(gpu) = gpu::try_get_existing()
+        && profile_requested
         && let Some(report) = gpu.profile_report()
     {
         eprintln!("GPU time per kernel (FIAK_PROFILE=1):\n{report}");

@@ -31,6 +31,8 @@ pub struct GpuOptions {
     /// An index into the adapter list of `fiak devices`, or a case-insensitive substring of
     /// the adapter name.
     pub adapter: Option<String>,
+    /// Record timestamp queries around every kernel, as `FIAK_PROFILE=1` does.
+    pub profile: bool,
 }
 
 /// Matmul implementation, chosen per adapter type.
@@ -203,7 +205,7 @@ impl Gpu {
         // hardware allows.
         let limits = adapter.limits();
         let available = adapter.features();
-        let profiling = std::env::var("FIAK_PROFILE").is_ok_and(|v| v == "1");
+        let profiling = options.profile || std::env::var("FIAK_PROFILE").is_ok_and(|v| v == "1");
         let mut features = wgpu::Features::empty();
         if profiling && available.contains(wgpu::Features::TIMESTAMP_QUERY) {
             features |= wgpu::Features::TIMESTAMP_QUERY;
