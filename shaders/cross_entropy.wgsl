@@ -37,7 +37,8 @@ struct Params {
 }
 
 override WG: u32 = 256u;
-const CACHE: u32 = 16u;
+// Equal to ROW_CACHE in src/ops/softmax.rs, which sizes the workgroups.
+const CACHE: u32 = 32u;
 // Stands in for -infinity: WGSL lets the compiler assume no infinities.
 const NEG_BIG: f32 = -3.0e38;
 
@@ -156,8 +157,8 @@ fn cross_entropy(
     }
 }
 
-// Sums `r_values` over the valid rows (all of them when `sum_values` is false, which reads
-// only r_values[0]) and counts the valid rows, in a fixed order.
+// Counts the valid rows and, when `sum_values` is set, sums `r_values` over them, in a fixed
+// order. The count is an f32, exact up to 2^24 rows.
 fn reduce_valid(lid: u32, sum_values: bool) -> vec2<f32> {
     var sum = 0.0;
     var count = 0.0;

@@ -54,7 +54,8 @@ struct ScatterParams {
 }
 
 override WG: u32 = 64u;
-const CACHE: u32 = 16u;
+// Equal to ROW_CACHE in src/ops/softmax.rs, which sizes the workgroups.
+const CACHE: u32 = 32u;
 
 @group(0) @binding(0) var<uniform> pg: GatherParams;
 @group(0) @binding(1) var<storage, read> table: array<f32>;

@@ -73,7 +73,8 @@ struct ParamGradParams {
 }
 
 override WG: u32 = 256u;
-const CACHE: u32 = 16u;
+// Equal to ROW_CACHE in src/ops/softmax.rs, which sizes the workgroups.
+const CACHE: u32 = 32u;
 
 @group(0) @binding(0) var<uniform> pf: ForwardParams;
 @group(0) @binding(1) var<storage, read> x: array<f32>;

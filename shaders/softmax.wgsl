@@ -31,7 +31,8 @@ struct Params {
 }
 
 override WG: u32 = 256u;
-const CACHE: u32 = 16u;
+// Equal to ROW_CACHE in src/ops/softmax.rs, which sizes the workgroups.
+const CACHE: u32 = 32u;
 // Stands in for -infinity: WGSL lets the compiler assume no infinities.
 const NEG_BIG: f32 = -3.0e38;
 
