@@ -85,12 +85,12 @@ impl Tensor {
 
     pub fn to_f32_vec(&self) -> Vec<f32> {
         assert_eq!(self.dtype, DType::F32, "to_f32_vec on a {:?} tensor", self.dtype);
-        bytemuck::cast_slice(&self.read_bytes()).to_vec()
+        bytemuck::pod_collect_to_vec(&self.read_bytes())
     }
 
     pub fn to_u32_vec(&self) -> Vec<u32> {
         assert_eq!(self.dtype, DType::U32, "to_u32_vec on a {:?} tensor", self.dtype);
-        bytemuck::cast_slice(&self.read_bytes()).to_vec()
+        bytemuck::pod_collect_to_vec(&self.read_bytes())
     }
 
     /// Reads a single-element tensor.

@@ -45,6 +45,9 @@ pub struct TrainOptions {
     pub attention: AttentionPath,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Save a checkpoint and stop after this many steps; a later run resumes from it.
+    #[serde(default)]
+    pub stop_after: Option<usize>,
 }
 
 impl Default for TrainOptions {
@@ -61,6 +64,7 @@ impl Default for TrainOptions {
             label_smoothing: 0.0,
             attention: AttentionPath::Fused,
             progress: true,
+            stop_after: None,
         }
     }
 }
@@ -402,7 +406,8 @@ pub fn train(model: &mut Model, data: &TaskData, options: &TrainOptions, out: &P
             bar.set_position(done as u64);
         }
 
-        if done % options.eval_every == 0 || done == options.steps {
+        let stopping = options.stop_after == Some(done);
+        if done % options.eval_every == 0 || done == options.steps || stopping {
             last_eval = evaluate(model, data, options.batch_size, options.eval_batches, options.attention)?;
             metrics.write(serde_json::json!({ "step": done, "eval": last_eval }))?;
             log::info!("step {done}: held-out {}", describe(&last_eval));
@@ -412,12 +417,20 @@ pub fn train(model: &mut Model, data: &TaskData, options: &TrainOptions, out: &P
             };
             save_checkpoint(model, &optimizer, out, done, loader_state, options)?;
         }
+        if stopping {
+            log::info!("stopped after step {done} of {}; resume with `fiak train --resume {}`", options.steps, out.display());
+            break;
+        }
     }
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
     let seconds = started.elapsed().as_secs_f64();
-    let trained = options.steps.saturating_sub(start_step);
+    let trained = options.stop_after.unwrap_or(options.steps).min(options.steps).saturating_sub(start_step);
+    if trained == 0 {
+        // Nothing left to train: report the checkpoint's figures.
+        last_eval = evaluate(model, data, options.batch_size, options.eval_batches, options.attention)?;
+    }
     log::info!("trained {trained} steps in {seconds:.1} s, last loss {last_loss:.4}");
     Ok(TrainSummary {
         steps: options.steps,

@@ -61,6 +61,9 @@ pub struct TrainArgs {
     /// Hide the progress bar
     #[arg(long)]
     pub quiet: bool,
+    /// Save a checkpoint and stop after N steps; `fiak train --resume DIR` continues
+    #[arg(long)]
+    pub stop_after: Option<usize>,
 }
 
 /// Where the data comes from.
@@ -220,7 +223,7 @@ pub fn new_model(
 
 pub fn default_preset(kind: ModelKind) -> &'static str {
     match kind {
-        ModelKind::Vit => "p4",
+        ModelKind::Vit => "p7",
         ModelKind::Gpt => "byte-128",
     }
 }
@@ -277,6 +280,7 @@ pub fn train_options(kind: ModelKind, preset: &str, args: &TrainArgs, train_len:
         label_smoothing: args.label_smoothing,
         attention: args.attention,
         progress: !args.quiet,
+        stop_after: args.stop_after,
     })
 }
 

@@ -34,12 +34,14 @@ impl VitConfig {
     /// Named presets for 28 x 28 grey images (Fashion-MNIST, MNIST).
     ///
     /// - `smoke`: patch 7 (17 tokens), width 32, 1 block, 2 heads: seconds on a CPU driver.
-    /// - `p4` (default): patch 4 (50 tokens), width 64, 4 blocks, 4 heads, MLP ratio 2.
+    /// - `p7` (default): patch 7 (17 tokens), width 64, 4 blocks, 4 heads, MLP ratio 2.
+    /// - `p4`: patch 4 (50 tokens), width 64, 4 blocks, 4 heads, MLP ratio 2.
     /// - `p2`: patch 2 (197 tokens, DeiT's token count), width 64, 4 blocks, 4 heads.
     /// - `small-p4`: patch 4, width 192, 6 blocks, 3 heads, MLP ratio 4, for a real GPU.
     pub fn preset(name: &str, num_classes: usize) -> Result<VitConfig> {
         let (patch_size, embed_dim, depth, num_heads, mlp_ratio) = match name {
             "smoke" => (7, 32, 1, 2, 2.0),
+            "p7" => (7, 64, 4, 4, 2.0),
             "p4" => (4, 64, 4, 4, 2.0),
             "p2" => (2, 64, 4, 4, 2.0),
             "small-p4" => (4, 192, 6, 3, 4.0),
@@ -47,7 +49,7 @@ impl VitConfig {
                 return Err(Error::invalid(
                     "preset",
                     name,
-                    "ViT presets are smoke, p4, p2 and small-p4",
+                    "ViT presets are smoke, p7, p4, p2 and small-p4",
                 ));
             }
         };
