@@ -418,7 +418,11 @@ pub fn train(model: &mut Model, data: &TaskData, options: &TrainOptions, out: &P
             save_checkpoint(model, &optimizer, out, done, loader_state, options)?;
         }
         if stopping {
-            log::info!("stopped after step {done} of {}; resume with `fiak train --resume {}`", options.steps, out.display());
+            log::info!(
+                "stopped after step {done} of {}; resume with `fiak train --resume {}`",
+                options.steps,
+                out.display()
+            );
             break;
         }
     }
@@ -426,7 +430,11 @@ pub fn train(model: &mut Model, data: &TaskData, options: &TrainOptions, out: &P
         bar.finish_and_clear();
     }
     let seconds = started.elapsed().as_secs_f64();
-    let trained = options.stop_after.unwrap_or(options.steps).min(options.steps).saturating_sub(start_step);
+    let trained = options
+        .stop_after
+        .unwrap_or(options.steps)
+        .min(options.steps)
+        .saturating_sub(start_step);
     if trained == 0 {
         // Nothing left to train: report the checkpoint's figures.
         last_eval = evaluate(model, data, options.batch_size, options.eval_batches, options.attention)?;

@@ -13,7 +13,10 @@ use crate::fiak::{PriorKind, PriorLearning, PruneScope, PruneSpec, accounting};
 use crate::gpu;
 use crate::models::{Gpt, GptConfig, Model, Vit, VitConfig};
 use crate::nn::AttentionOptions;
-use crate::ops::attention::{AttentionConfig, LogitKernel, attention_dense, attention_dense_backward, attention_gathered, attention_gathered_backward};
+use crate::ops::attention::{
+    AttentionConfig, LogitKernel, attention_dense, attention_dense_backward, attention_gathered,
+    attention_gathered_backward,
+};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::tensor::Tensor;
 
@@ -48,7 +51,9 @@ struct Case {
 
 fn random(shape: &[usize], salt: usize) -> Result<Tensor> {
     let n: usize = shape.iter().product();
-    let values: Vec<f32> = (0..n).map(|i| ((i * 2654435761 + salt * 40503) % 2000) as f32 / 1000.0 - 1.0).collect();
+    let values: Vec<f32> = (0..n)
+        .map(|i| ((i * 2654435761 + salt * 40503) % 2000) as f32 / 1000.0 - 1.0)
+        .collect();
     Tensor::from_f32(shape, &values)
 }
 
@@ -67,7 +72,11 @@ fn measure(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, u64)>
     gpu.synchronize();
     let wall = start.elapsed().as_secs_f64() * 1e3 / reps as f64;
     let kernels: f64 = gpu.kernel_times().iter().map(|k| k.total_ms).sum::<f64>() / reps as f64;
-    let ms = if gpu.profiling() && kernels > 0.0 { kernels } else { wall };
+    let ms = if gpu.profiling() && kernels > 0.0 {
+        kernels
+    } else {
+        wall
+    };
     Ok((ms, gpu.pool_stats().peak_live_bytes))
 }
 
@@ -75,7 +84,10 @@ fn attention_cases(quick: bool) -> Result<Vec<Case>> {
     let (batch, heads, d) = (8, 4, 32);
     let sizes: &[usize] = if quick { &[64, 197] } else { &[64, 197, 256, 512] };
     let reps = if quick { 2 } else { 5 };
-    let config = AttentionConfig { causal: false, logits: LogitKernel::Dot };
+    let config = AttentionConfig {
+        causal: false,
+        logits: LogitKernel::Dot,
+    };
     let mut cases = Vec::new();
     for &n in sizes {
         let q = random(&[batch, heads, n, d], 1)?;
@@ -88,17 +100,44 @@ fn attention_cases(quick: bool) -> Result<Vec<Case>> {
             attention_dense_backward(&q, &k, &v, None, &o, &lse, &dout, &config)?;
             Ok(())
         })?;
-        cases.push(Case { group: group.clone(), name: "dense fused".into(), kept: 1.0, ms: dense_ms, throughput: None, peak_bytes: dense_peak, speedup: 1.0, ideal_speedup: 1.0 });
+        cases.push(Case {
+            group: group.clone(),
+            name: "dense fused".into(),
+            kept: 1.0,
+            ms: dense_ms,
+            throughput: None,
+            peak_bytes: dense_peak,
+            speedup: 1.0,
+            ideal_speedup: 1.0,
+        });
 
         for (name, spec) in [
-            ("gathered, 30% of scores kept", PruneSpec { scores: 0.7, keys: 0.0, scope: PruneScope::Row }),
-            ("gathered, 50% of keys kept", PruneSpec { scores: 0.0, keys: 0.5, scope: PruneScope::Layer }),
+            (
+                "gathered, 30% of scores kept",
+                PruneSpec {
+                    scores: 0.7,
+                    keys: 0.0,
+                    scope: PruneScope::Row,
+                },
+            ),
+            (
+                "gathered, 50% of keys kept",
+                PruneSpec {
+                    scores: 0.0,
+                    keys: 0.5,
+                    scope: PruneScope::Layer,
+                },
+            ),
         ] {
             let priors = crate::fiak::LayerPriors {
                 heads,
                 tokens: n,
                 causal: false,
-                entry: Some((0..heads * n * n).map(|e| ((e * 7919) % 1009) as f32 / 1009.0).collect()),
+                entry: Some(
+                    (0..heads * n * n)
+                        .map(|e| ((e * 7919) % 1009) as f32 / 1009.0)
+                        .collect(),
+                ),
                 key: None,
             };
             let pattern = crate::models::pattern_from_csr(&priors.prune(&spec)?)?;
@@ -108,7 +147,16 @@ fn attention_cases(quick: bool) -> Result<Vec<Case>> {
                 attention_gathered_backward(&q, &k, &v, &pattern, None, &o, &lse, &dout, &config)?;
                 Ok(())
             })?;
-            cases.push(Case { group: group.clone(), name: name.into(), kept, ms, throughput: None, peak_bytes: peak, speedup: dense_ms / ms, ideal_speedup: 1.0 / kept });
+            cases.push(Case {
+                group: group.clone(),
+                name: name.into(),
+                kept,
+                ms,
+                throughput: None,
+                peak_bytes: peak,
+                speedup: dense_ms / ms,
+                ideal_speedup: 1.0 / kept,
+            });
         }
     }
     Ok(cases)
@@ -116,13 +164,19 @@ fn attention_cases(quick: bool) -> Result<Vec<Case>> {
 
 /// A model with random priors, pruned by `spec` when given.
 fn bench_model(vit: bool, preset: &str, spec: Option<&PruneSpec>) -> Result<Model> {
-    let mut model = if vit { Model::Vit(Vit::new(VitConfig::preset(preset, 10)?, 0)?) } else { Model::Gpt(Gpt::new(GptConfig::preset(preset)?, 0)?) };
+    let mut model = if vit {
+        Model::Vit(Vit::new(VitConfig::preset(preset, 10)?, 0)?)
+    } else {
+        Model::Gpt(Gpt::new(GptConfig::preset(preset)?, 0)?)
+    };
     if let Some(spec) = spec {
         model.add_priors(PriorKind::Entry, PriorLearning::Gd);
         for layer in model.attention_layers() {
             let prior = layer.entry_prior.as_ref().expect("just added");
             let n = prior.value().numel();
-            prior.value().write_f32(&(0..n).map(|e| ((e * 7919) % 1009) as f32 / 1009.0).collect::<Vec<_>>())?;
+            prior
+                .value()
+                .write_f32(&(0..n).map(|e| ((e * 7919) % 1009) as f32 / 1009.0).collect::<Vec<_>>())?;
         }
         model.prune(spec, false)?;
     }
@@ -138,20 +192,47 @@ fn model_cases(quick: bool) -> Result<Vec<Case>> {
     }
     let variants: [(&str, Option<PruneSpec>); 4] = [
         ("dense", None),
-        ("70% scores pruned", Some(PruneSpec { scores: 0.7, keys: 0.0, scope: PruneScope::Layer })),
-        ("50% keys pruned", Some(PruneSpec { scores: 0.0, keys: 0.5, scope: PruneScope::Layer })),
-        ("mixed 15% keys, 70% total", Some(PruneSpec { scores: 0.7, keys: 0.15, scope: PruneScope::Layer })),
+        (
+            "70% scores pruned",
+            Some(PruneSpec {
+                scores: 0.7,
+                keys: 0.0,
+                scope: PruneScope::Layer,
+            }),
+        ),
+        (
+            "50% keys pruned",
+            Some(PruneSpec {
+                scores: 0.0,
+                keys: 0.5,
+                scope: PruneScope::Layer,
+            }),
+        ),
+        (
+            "mixed 15% keys, 70% total",
+            Some(PruneSpec {
+                scores: 0.7,
+                keys: 0.15,
+                scope: PruneScope::Layer,
+            }),
+        ),
     ];
     let mut cases = Vec::new();
     for (vit, preset) in setups {
-        let group = format!("{} {preset}, batch {batch}, training step", if vit { "ViT" } else { "GPT" });
+        let group = format!(
+            "{} {preset}, batch {batch}, training step",
+            if vit { "ViT" } else { "GPT" }
+        );
         let mut dense_ms = 0.0;
         let variant_count = if quick { 2 } else { variants.len() };
         for (name, spec) in variants.iter().take(variant_count) {
             let model = bench_model(vit, preset, spec.as_ref())?;
             let kept = accounting::model_cost(&model.attention_layers()).kept_scores;
             let mut optimizer = AdamW::new(AdamWConfig::default(), model.params());
-            let options = AttentionOptions { path: AttentionPath::Fused, capture: false };
+            let options = AttentionOptions {
+                path: AttentionPath::Fused,
+                capture: false,
+            };
             let (inputs, host, labels, samples) = match &model {
                 Model::Vit(m) => {
                     let c = &m.config;
@@ -213,7 +294,14 @@ fn model_cases(quick: bool) -> Result<Vec<Case>> {
 pub fn run(cmd: &BenchCmd) -> Result<()> {
     let gpu = gpu::get();
     let started = Instant::now();
-    println!("fiak bench on {} ({:?}, {:?}, {}){}", gpu.info.name, gpu.info.backend, gpu.info.device_type, gpu.info.driver_info, if cmd.quick { ", quick" } else { "" });
+    println!(
+        "fiak bench on {} ({:?}, {:?}, {}){}",
+        gpu.info.name,
+        gpu.info.backend,
+        gpu.info.device_type,
+        gpu.info.driver_info,
+        if cmd.quick { ", quick" } else { "" }
+    );
     if !gpu.profiling() {
         println!("(no timestamp queries: kernel times are wall-clock)");
     }
@@ -223,8 +311,13 @@ pub fn run(cmd: &BenchCmd) -> Result<()> {
     let a = random(&[n, n], 6)?;
     let b = random(&[n, n], 7)?;
     let out = Tensor::zeros(&[n, n], crate::DType::F32);
-    let (matmul_ms, _) = measure(2, || crate::ops::matmul_into(&a, &b, false, false, None, &out, 1.0, false))?;
-    println!("matmul {n}x{n}x{n}: {matmul_ms:.1} ms, {:.2} GFLOP/s\n", 2.0 * (n as f64).powi(3) / (matmul_ms / 1e3) / 1e9);
+    let (matmul_ms, _) = measure(2, || {
+        crate::ops::matmul_into(&a, &b, false, false, None, &out, 1.0, false)
+    })?;
+    println!(
+        "matmul {n}x{n}x{n}: {matmul_ms:.1} ms, {:.2} GFLOP/s\n",
+        2.0 * (n as f64).powi(3) / (matmul_ms / 1e3) / 1e9
+    );
 
     let mut cases = attention_cases(cmd.quick)?;
     cases.extend(model_cases(cmd.quick)?);
@@ -233,7 +326,10 @@ pub fn run(cmd: &BenchCmd) -> Result<()> {
     for c in &cases {
         if c.group != group {
             group = c.group.clone();
-            println!("\n{group}\n{:<28} {:>7} {:>11} {:>14} {:>10} {:>8} {:>7}", "variant", "kept", "ms", "throughput", "peak MiB", "speedup", "ideal");
+            println!(
+                "\n{group}\n{:<28} {:>7} {:>11} {:>14} {:>10} {:>8} {:>7}",
+                "variant", "kept", "ms", "throughput", "peak MiB", "speedup", "ideal"
+            );
         }
         println!(
             "{:<28} {:>6.1}% {:>11.2} {:>14} {:>10.1} {:>7.2}x {:>6.2}x",
@@ -253,8 +349,11 @@ pub fn run(cmd: &BenchCmd) -> Result<()> {
             "device": gpu.info.name, "backend": format!("{:?}", gpu.info.backend), "driver": gpu.info.driver_info,
             "quick": cmd.quick, "matmul_gflops": 2.0 * (n as f64).powi(3) / (matmul_ms / 1e3) / 1e9, "cases": cases,
         });
-        crate::checkpoint::write_atomic(path, serde_json::to_string_pretty(&value).expect("plain values").as_bytes())
-            .map_err(|e| Error::file(path, e.to_string()))?;
+        crate::checkpoint::write_atomic(
+            path,
+            serde_json::to_string_pretty(&value).expect("plain values").as_bytes(),
+        )
+        .map_err(|e| Error::file(path, e.to_string()))?;
     }
     Ok(())
 }

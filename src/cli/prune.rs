@@ -36,6 +36,7 @@ pub fn run(cmd: &PruneCmd) -> Result<()> {
         keys: cmd.keys,
         scope: cmd.scope,
     };
+    spec.validate()?;
     let mut model = Model::load(&cmd.model_dir)?;
     model
         .prune(&spec, cmd.force)

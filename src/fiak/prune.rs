@@ -231,7 +231,7 @@ mod tests {
     fn priors(causal: bool, seed: u32) -> LayerPriors {
         let (h, n) = (2, 6);
         let entry = (0..h * n * n)
-            .map(|e| (((e as u32 * 2654435761) ^ seed) % 1000) as f32 / 250.0)
+            .map(|e| (((e as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 250.0)
             .collect();
         LayerPriors {
             heads: h,
