@@ -7,8 +7,7 @@ mod common;
 use common::{Rng, assert_close};
 use fiak::autograd::{ParamGroup, ParamStore, Var, no_grad};
 use fiak::ops::elementwise::GeluKind;
-use fiak::optim::{AdamW, AdamWConfig};
-use fiak::{DType, Tensor};
+use fiak::Tensor;
 
 const EPS: f64 = 1e-5;
 

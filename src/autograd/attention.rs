@@ -32,7 +32,7 @@ impl Var {
         path: AttentionPath,
     ) -> Result<Var> {
         let qkv = self.value();
-        if qkv.rank() != 3 || qkv.dim(2) % (3 * heads) != 0 {
+        if qkv.rank() != 3 || !qkv.dim(2).is_multiple_of(3 * heads) {
             return Err(Error::shape(
                 "Var::attention",
                 format!(

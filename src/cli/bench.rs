@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use clap::Args;
 
-use crate::autograd::{AttentionPath, no_grad};
+use crate::autograd::AttentionPath;
 use crate::error::{Error, Result};
 use crate::fiak::{PriorKind, PriorLearning, PruneScope, PruneSpec, accounting};
 use crate::gpu;
@@ -275,7 +275,6 @@ fn model_cases(quick: bool) -> Result<Vec<Case>> {
             if spec.is_none() {
                 dense_ms = ms;
             }
-            let _ = no_grad(|| ());
             cases.push(Case {
                 group: group.clone(),
                 name: name.to_string(),

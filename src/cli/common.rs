@@ -242,7 +242,7 @@ pub fn train_options(kind: ModelKind, preset: &str, args: &TrainArgs, train_len:
     }
     let steps = match (args.epochs, kind) {
         (Some(epochs), ModelKind::Vit) => {
-            if !(epochs > 0.0) {
+            if epochs.is_nan() || epochs <= 0.0 {
                 return Err(Error::invalid("--epochs", epochs, "must be positive"));
             }
             ((epochs * train_len as f64) / batch_size as f64).ceil() as usize
@@ -260,7 +260,7 @@ pub fn train_options(kind: ModelKind, preset: &str, args: &TrainArgs, train_len:
         return Err(Error::invalid("--steps", 0, "must be at least 1"));
     }
     let lr = args.lr.unwrap_or(lr);
-    if !(lr > 0.0 && lr.is_finite()) {
+    if lr.is_nan() || lr <= 0.0 || lr.is_infinite() {
         return Err(Error::invalid("--lr", lr, "must be a positive number"));
     }
     Ok(TrainOptions {

@@ -34,7 +34,7 @@ pub struct GenerateCmd {
 }
 
 pub fn run(cmd: &GenerateCmd) -> Result<()> {
-    if !(cmd.temperature > 0.0) {
+    if cmd.temperature.is_nan() || cmd.temperature <= 0.0 {
         return Err(Error::invalid("--temperature", cmd.temperature, "must be positive"));
     }
     let model = Model::load(&cmd.model_dir)?;

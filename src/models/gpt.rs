@@ -69,7 +69,7 @@ impl GptConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.n_head == 0 || self.n_embd % self.n_head != 0 {
+        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return Err(Error::invalid(
                 "n_head",
                 self.n_head,

@@ -86,14 +86,14 @@ impl VitConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.patch_size == 0 || self.img_size % self.patch_size != 0 {
+        if self.patch_size == 0 || !self.img_size.is_multiple_of(self.patch_size) {
             return Err(Error::invalid(
                 "patch_size",
                 self.patch_size,
                 format!("must divide img_size {}", self.img_size),
             ));
         }
-        if self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.embed_dim.is_multiple_of(self.num_heads) {
             return Err(Error::invalid(
                 "num_heads",
                 self.num_heads,

@@ -22,6 +22,7 @@ pub struct Linear {
 
 impl Linear {
     /// Registers `NAME.weight` (normal, std `std`) and, when `bias`, `NAME.bias` (zeros).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: &mut ParamStore,
         name: &str,
