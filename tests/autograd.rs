@@ -2,12 +2,13 @@
 //! against a hand-written f64 CPU forward and backward, which is itself checked against
 //! central finite differences; no-grad mode; and the buffer count of a training loop.
 
+#![allow(clippy::needless_range_loop)]
 mod common;
 
 use common::{Rng, assert_close};
+use fiak::Tensor;
 use fiak::autograd::{ParamGroup, ParamStore, Var, no_grad};
 use fiak::ops::elementwise::GeluKind;
-use fiak::Tensor;
 
 const EPS: f64 = 1e-5;
 
@@ -180,7 +181,7 @@ fn reference_mlp_matches_finite_differences() {
 }
 
 struct GpuMlp {
-    store: ParamStore,
+    _store: ParamStore,
     w1: Var,
     b1: Var,
     g: Var,
@@ -200,7 +201,7 @@ fn upload(p: &Mlp, d: &Dims) -> GpuMlp {
     let w2 = store.add("fc2.weight", t(&[d.c, d.h], &p.w2), ParamGroup::Decay);
     let b2 = store.add("fc2.bias", t(&[d.c], &p.b2), ParamGroup::NoDecay);
     GpuMlp {
-        store,
+        _store: store,
         w1,
         b1,
         g,

@@ -87,7 +87,11 @@ pub fn model_cost(layers: &[&Attention]) -> ModelCost {
     let dense_entries: u64 = costs.iter().map(|c| c.dense_entries).sum();
     let dense_flops: u64 = costs
         .iter()
-        .map(|c| c.flops.checked_div(c.entries).map_or(0, |per_entry| per_entry * c.dense_entries))
+        .map(|c| {
+            c.flops
+                .checked_div(c.entries)
+                .map_or(0, |per_entry| per_entry * c.dense_entries)
+        })
         .sum();
     let key_shares: Vec<f64> = costs
         .iter()
