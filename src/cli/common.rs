@@ -224,7 +224,7 @@ pub fn new_model(
 pub fn default_preset(kind: ModelKind) -> &'static str {
     match kind {
         ModelKind::Vit => "p7",
-        ModelKind::Gpt => "byte-128",
+        ModelKind::Gpt => "byte-64",
     }
 }
 
@@ -275,7 +275,11 @@ pub fn train_options(kind: ModelKind, preset: &str, args: &TrainArgs, train_len:
         warmup_steps: args.warmup.unwrap_or((steps / 20).max(1)),
         eval_every: args.eval_every.unwrap_or(steps.div_ceil(4)).max(1),
         log_every: 10.min(steps),
-        eval_batches: args.eval_batches,
+        // Text validation splits run to a hundred thousand tokens and more: 16 batches by default.
+        eval_batches: args.eval_batches.or(match kind {
+            ModelKind::Vit => None,
+            ModelKind::Gpt => Some(16),
+        }),
         seed: args.seed,
         label_smoothing: args.label_smoothing,
         attention: args.attention,

@@ -24,7 +24,7 @@ pub struct RunCmd {
     /// Model family
     #[arg(value_enum)]
     pub model: ModelKind,
-    /// Preset (vit: smoke, p7, p4, p2, small-p4; gpt: smoke, byte-128, byte-512, small-512)
+    /// Preset (vit: smoke, p7, p4, p2, small-p4; gpt: smoke, byte-64, byte-128, byte-512, small-512)
     #[arg(long)]
     pub preset: Option<String>,
     /// Output directory (default: runs/MODEL-PRESET)

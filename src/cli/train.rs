@@ -15,7 +15,7 @@ pub struct TrainCmd {
     /// Model family of a new model
     #[arg(long, value_enum)]
     pub model: Option<ModelKind>,
-    /// Preset of a new model (vit: smoke, p7, p4, p2, small-p4; gpt: smoke, byte-128, byte-512, small-512)
+    /// Preset of a new model (vit: smoke, p7, p4, p2, small-p4; gpt: smoke, byte-64, byte-128, byte-512, small-512)
     #[arg(long)]
     pub preset: Option<String>,
     /// Start from this model directory (a dense baseline, or a pruned model to fine-tune with
