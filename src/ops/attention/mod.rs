@@ -17,11 +17,13 @@
 //! -inf.
 
 mod dense;
+mod gathered;
 mod unfused;
 
 use std::ops::Range;
 
 pub use dense::{attention_dense, attention_dense_backward};
+pub use gathered::{Pattern, attention_gathered, attention_gathered_backward};
 pub use unfused::{attention_unfused, attention_unfused_backward};
 
 use bytemuck::{Pod, Zeroable};
@@ -268,5 +270,3 @@ fn window<'t>(t: &'t Tensor, item: usize, items: &Range<usize>) -> (Binding<'t>,
 fn whole(t: &Tensor) -> Binding<'_> {
     t.bind_window(0, t.numel()).0
 }
-mod tmp_gathered;
-pub use tmp_gathered::*;
