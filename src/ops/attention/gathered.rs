@@ -449,9 +449,6 @@ pub fn attention_gathered_backward(
         ],
         [crate::ops::groups(pattern.nk, 64), pattern.heads as u32, batch as u32],
     )?;
-    let dbias = match bias {
-        Some(b) => Some(dbias.reshape(b.shape()).unwrap_or(dbias)),
-        None => None,
-    };
+    let dbias = bias.map(|b| dbias.reshape(b.shape()).unwrap_or(dbias));
     Ok((dq, dk, dv, dbias))
 }
