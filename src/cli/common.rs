@@ -232,9 +232,11 @@ pub fn default_preset(kind: ModelKind) -> &'static str {
 /// defaults of the model kind and preset.
 pub fn train_options(kind: ModelKind, preset: &str, args: &TrainArgs, train_len: usize) -> Result<TrainOptions> {
     let smoke = preset == "smoke";
+    // Defaults sized for a CPU driver: about ten minutes of training on two cores with the
+    // default presets (see docs/BENCHMARKS.md for step times).
     let (batch, steps, lr) = match kind {
-        ModelKind::Vit => (64, if smoke { 60 } else { 1500 }, 2e-3),
-        ModelKind::Gpt => (16, if smoke { 60 } else { 1500 }, 2e-3),
+        ModelKind::Vit => (64, if smoke { 60 } else { 400 }, 2e-3),
+        ModelKind::Gpt => (16, if smoke { 60 } else { 800 }, 3e-3),
     };
     let batch_size = args.batch_size.unwrap_or(batch);
     if batch_size == 0 {

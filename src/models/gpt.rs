@@ -39,14 +39,14 @@ impl GptConfig {
     /// Named presets of byte-level models.
     ///
     /// - `smoke`: context 32, width 32, 1 layer, 2 heads: seconds on a CPU driver.
-    /// - `byte-64` (default): context 64, width 96, 3 layers, 4 heads.
+    /// - `byte-64` (default): context 64, width 64, 3 layers, 4 heads.
     /// - `byte-128`: context 128, width 128, 4 layers, 4 heads.
     /// - `byte-512`: context 512, width 128, 4 layers, 4 heads.
     /// - `small-512`: context 512, width 384, 6 layers, 6 heads, for a real GPU.
     pub fn preset(name: &str) -> Result<GptConfig> {
         let (n_positions, n_embd, n_layer, n_head) = match name {
             "smoke" => (32, 32, 1, 2),
-            "byte-64" => (64, 96, 3, 4),
+            "byte-64" => (64, 64, 3, 4),
             "byte-128" => (128, 128, 4, 4),
             "byte-512" => (512, 128, 4, 4),
             "small-512" => (512, 384, 6, 6),
