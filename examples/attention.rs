@@ -41,7 +41,7 @@ fn main() -> fiak::Result<()> {
     let (dense, _) = attention_dense(&q, &k, &v, Some(&bias), &config)?;
 
     // Every entry kept: the gathered kernel must match dense attention.
-    let all = Pattern::dense(heads, n, n, false)?;
+    let all = Pattern::dense(heads, n, n, false);
     let kept_bias = Tensor::from_f32(&[heads * n * n], &bias_values)?;
     let (gathered, _) = attention_gathered(&q, &k, &v, &all, Some(&kept_bias), &config)?;
     println!(

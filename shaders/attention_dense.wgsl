@@ -1,35 +1,47 @@
 // Fused dense attention with an additive bias (the log prior), FlashAttention style: the
-// forward keeps a running maximum, sum and output accumulator per query row and never stores
-// the Nq x Nk scores. The backward recomputes the scores from the saved row log-sum-exp.
+// forward keeps a running maximum and sum per query row and never stores the Nq x Nk scores.
+// The backward recomputes the scores from the saved row log-sum-exp.
 //
 //   s_ij = scale * q_i . k_j  [- scale / 2 * |k_j|^2 for Gaussian logits]  [+ bias_ij]
 //   o_i  = sum_j softmax_j(s_ij) v_j,  lse_i = log sum_j exp(s_ij)
 //
-// over the visible keys j < Nk (and j <= i when causal). A row without a visible key gets
-// o_i = 0 and lse_i = 0, and no gradient flows through it.
+// over the visible keys j of row i: j < Nk, and j <= i when causal. A row without a visible
+// key gets o_i = 0 and lse_i = 0, and no gradient flows through it.
 //
-// Layouts, in elements, for the `batch` items one dispatch covers:
-//   q, out, dout, dq   [B, H, Nq, D]  row (b, h, i) starts at q_off + ((b * H + h) * Nq + i) * D
-//   k, v, dk, dv       [B, H, Nk, D]  row (b, h, j) starts at k_off + ((b * H + h) * Nk + j) * D
+// With KEY_LIST the kernels read only the keys of a per-head list, which serves the keys-only
+// layout of gathered attention: slot t of head h holds key keys[H + 1 + keys[h] + t], for
+// t < keys[h + 1] - keys[h], in ascending key order, and the bias holds one value per kept
+// entry, shared by the batch: entry (h, i, t) at bias_off + Nq * keys[h] + i * count_h + t.
+// Without KEY_LIST, slot t is key t of all Nk keys.
+//
+// Layouts for the `batch` items one dispatch covers. The rows of width D are read as D / 4
+// vec4 (the caller pads other widths with zeros), and offsets count vec4 for them:
+//   q, out, dout, dq   [B, H, Nq, D]  row (b, h, i) starts at q_off + ((b * H + h) * Nq + i) * D / 4
+//   k, v, dk, dv       [B, H, Nk, D]  row (b, h, j) starts at k_off + ((b * H + h) * Nk + j) * D / 4
 //   lse, delta         [B, H, Nq]     element (b, h, i) at row_off + (b * H + h) * Nq + i
 //   bias, dbias        [B|1, H|1, Nq|1, Nk]  element (b, h, i, j) at
 //                      bias_off + b * bias_bs + h * bias_hs + i * bias_rs + j; a stride is 0 on
-//                      a broadcast axis
+//                      a broadcast axis (or per kept entry with KEY_LIST, as above)
+//   keys               u32 [H + 1 + kept keys], read only with KEY_LIST
 // `delta` holds D_i = dout_i . out_i, which both backward kernels need.
 //
 // Bindings, per entry point (binding 0 is always the uniform Params):
-//   forward          1 q, 2 k, 3 v, 4 bias, 5 out (rw), 6 lse (rw)
-//   backward_dq      1 q, 2 k, 3 v, 4 bias, 5 out, 6 lse, 7 dout, 8 dq (rw), 9 delta (rw)
-//   backward_dkdv    1 q, 2 k, 3 v, 4 bias, 5 delta, 6 lse, 7 dout, 8 dk (rw), 9 dv (rw),
-//                    10 dbias (rw)
-// Without a bias the caller binds any f32 buffer as `bias` (and a scratch buffer as `dbias`);
-// the kernels read them only when flags has HAS_BIAS.
+//   forward          1 q, 2 k, 3 v, 4 bias, 5 keys, 6 out (rw), 7 lse (rw)
+//   backward_dq      1 q, 2 k, 3 v, 4 bias, 5 keys, 6 out, 7 lse, 8 dout, 9 dq (rw),
+//                    10 delta (rw)
+//   backward_dkdv    1 q, 2 k, 3 v, 4 bias, 5 keys, 6 delta, 7 lse, 8 dout, 9 dk (rw),
+//                    10 dv (rw), 11 dbias (rw)
+// Without a bias (or key list) the caller binds any buffer of the right type in its place,
+// and a scratch buffer as `dbias`; the kernels read them only when their flag is set.
 //
-// Grids: forward and backward_dq run one invocation per query row, x covering Nq in blocks of
-// BLOCK, y the head, z the batch item. backward_dkdv runs one invocation per key row, x
-// covering Nk, y the bias slices (see there).
+// Work split: every invocation owns ROWS query rows (key slots in backward_dkdv) and walks the
+// other side in tiles of TILE rows. A tile's scores sit in registers, and each loaded element
+// of q, k, v and dout serves ROWS or TILE products; loads are the expensive part on CPU
+// adapters such as lavapipe. The output rows serve as accumulators between tiles, so no
+// array of width D stays in registers, and one pipeline serves every head width.
 //
-// The unfused helpers at the end of the file serve the readable matmul + softmax path.
+// Grids: forward and backward_dq: x covers Nq in blocks of BLOCK * ROWS rows, y the head, z the
+// batch item. backward_dkdv: x covers the key slots, y the bias slices (see there).
 
 struct Params {
     heads: u32,
@@ -48,8 +60,10 @@ struct Params {
     // broadcasts over them and their bias gradients must be summed.
     b_inner: u32,
     h_inner: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // Head width in vec4.
+    d4: u32,
+    // Head width in elements, for the unfused helpers.
+    d: u32,
 }
 
 const CAUSAL: u32 = 1u;
@@ -57,329 +71,546 @@ const GAUSSIAN: u32 = 2u;
 const HAS_BIAS: u32 = 4u;
 // backward_dkdv adds to dbias instead of overwriting it (a later batch chunk).
 const ACCUMULATE_DBIAS: u32 = 8u;
+const KEY_LIST: u32 = 16u;
 
-// Largest head width the register arrays hold.
-const MAX_D: u32 = 128u;
-// Keys scored before each rescale of the forward accumulator.
-const KEY_TILE: u32 = 16u;
+// Query rows (or key slots) per invocation, and rows of the other side per tile.
+const ROWS: u32 = 4u;
+const TILE: u32 = 16u;
 // The lowest finite f32: the running maximum before any visible key.
 const LOWEST: f32 = -3.40282347e38;
 
-// Head width.
-override D: u32 = 64u;
-// Query (or key) rows per workgroup.
-override BLOCK: u32 = 32u;
+// Invocations per workgroup.
+override BLOCK: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k: array<f32>;
-@group(0) @binding(3) var<storage, read> v: array<f32>;
+@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
+@group(0) @binding(5) var<storage, read> keys: array<u32>;
 
 // forward
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
-@group(0) @binding(6) var<storage, read_write> lse: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> lse: array<f32>;
 
 // backward_dq
-@group(0) @binding(5) var<storage, read> out_saved: array<f32>;
-@group(0) @binding(6) var<storage, read> lse_saved: array<f32>;
-@group(0) @binding(7) var<storage, read> dout: array<f32>;
-@group(0) @binding(8) var<storage, read_write> dq: array<f32>;
-@group(0) @binding(9) var<storage, read_write> delta: array<f32>;
+@group(0) @binding(6) var<storage, read> out_saved: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> lse_saved: array<f32>;
+@group(0) @binding(8) var<storage, read> dout: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read_write> dq: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read_write> delta: array<f32>;
 
 // backward_dkdv (also lse_saved and dout above)
-@group(0) @binding(5) var<storage, read> delta_saved: array<f32>;
-@group(0) @binding(8) var<storage, read_write> dk: array<f32>;
-@group(0) @binding(9) var<storage, read_write> dv: array<f32>;
-@group(0) @binding(10) var<storage, read_write> dbias: array<f32>;
+@group(0) @binding(6) var<storage, read> delta_saved: array<f32>;
+@group(0) @binding(9) var<storage, read_write> dk: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read_write> dv: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read_write> dbias: array<f32>;
 
 fn has(flag: u32) -> bool {
     return (p.flags & flag) != 0u;
 }
 
-// One past the last key any row of query block `block` can see. Uniform over the workgroup,
-// so the key loops below load each K and V element once per SIMD group rather than per row.
-fn key_end(block: u32) -> u32 {
-    if (has(CAUSAL)) {
-        return min(p.nk, (block + 1u) * BLOCK);
+// Number of key slots of head h.
+fn slot_count(h: u32) -> u32 {
+    if (has(KEY_LIST)) {
+        return keys[h + 1u] - keys[h];
     }
     return p.nk;
 }
 
-@compute @workgroup_size(BLOCK)
-fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+// Start of head h's list among all kept keys.
+fn slot_start(h: u32) -> u32 {
+    if (has(KEY_LIST)) {
+        return keys[h];
+    }
+    return 0u;
+}
+
+// Key index of slot t of the list starting at `start`.
+fn key_of(start: u32, t: u32) -> u32 {
+    if (has(KEY_LIST)) {
+        return keys[p.heads + 1u + start + t];
+    }
+    return t;
+}
+
+// Bias element of (batch item b, head h, row 0, slot 0), and the stride between rows.
+fn bias_base(b: u32, h: u32, start: u32) -> u32 {
+    if (has(KEY_LIST)) {
+        return p.bias_off + p.nq * start;
+    }
+    return p.bias_off + b * p.bias_bs + h * p.bias_hs;
+}
+
+fn bias_row_stride(count: u32) -> u32 {
+    if (has(KEY_LIST)) {
+        return count;
+    }
+    return p.bias_rs;
+}
+
+// Query rows and key tiles shared by forward and backward_dq.
+struct RowBlock {
+    bh: u32,
+    first_row: u32,
+    // The last row of the workgroup: with a causal mask, later keys are invisible to all of
+    // its rows.
+    last_row: u32,
+    count: u32,
+    start: u32,
+    k_head: u32,
+    bias_base: u32,
+    bias_rs: u32,
+}
+
+fn row_block(wid: vec3<u32>, lid: vec3<u32>) -> RowBlock {
+    let d4 = p.d4;
+    var blk: RowBlock;
     let h = wid.y;
-    let bh = wid.z * p.heads + h;
-    let i = wid.x * BLOCK + lid.x;
-    // Rows past Nq compute on the last row and store nothing.
-    let row = min(i, p.nq - 1u);
+    blk.bh = wid.z * p.heads + h;
+    blk.first_row = (wid.x * BLOCK + lid.x) * ROWS;
+    blk.last_row = (wid.x + 1u) * BLOCK * ROWS - 1u;
+    blk.count = slot_count(h);
+    blk.start = slot_start(h);
+    blk.k_head = p.k_off + blk.bh * p.nk * d4;
+    blk.bias_base = bias_base(wid.z, h, blk.start);
+    blk.bias_rs = bias_row_stride(blk.count);
+    return blk;
+}
+
+// Finishes the scores of a tile in place: scale, Gaussian key term and bias. `visible[r][t]`
+// tells whether row r sees the key of slot t0 + t.
+fn finish_scores(
+    blk: RowBlock,
+    t0: u32,
+    key_ids: array<u32, TILE>,
+    norms: array<f32, TILE>,
+    s: ptr<function, array<array<f32, TILE>, ROWS>>,
+    visible: ptr<function, array<array<bool, TILE>, ROWS>>,
+) {
     let causal = has(CAUSAL);
     let gaussian = has(GAUSSIAN);
     let with_bias = has(HAS_BIAS);
-    let half_scale = 0.5 * p.scale;
-
-    let q_row = p.q_off + (bh * p.nq + row) * D;
-    var qs: array<f32, MAX_D>;
-    for (var c = 0u; c < D; c++) {
-        qs[c] = q[q_row + c] * p.scale;
+    for (var r = 0u; r < ROWS; r++) {
+        let i = blk.first_row + r;
+        let bias_row = blk.bias_base + min(i, p.nq - 1u) * blk.bias_rs;
+        for (var t = 0u; t < TILE; t++) {
+            var x = (*s)[r][t] * p.scale;
+            if (gaussian) {
+                x -= 0.5 * p.scale * norms[t];
+            }
+            if (with_bias) {
+                x += bias[bias_row + min(t0 + t, blk.count - 1u)];
+            }
+            (*s)[r][t] = x;
+            (*visible)[r][t] = t0 + t < blk.count && (!causal || key_ids[t] <= i);
+        }
     }
-    var acc: array<f32, MAX_D>;
-    var m = LOWEST;
-    var l = 0.0;
+}
 
-    let k_head = p.k_off + bh * p.nk * D;
-    let bias_row = p.bias_off + wid.z * p.bias_bs + h * p.bias_hs + row * p.bias_rs;
-    let end = key_end(wid.x);
-    for (var j0 = 0u; j0 < end; j0 += KEY_TILE) {
-        // pass 1: scores of one tile of keys and their maximum over the visible ones.
-        var s: array<f32, KEY_TILE>;
-        var tile_max = LOWEST;
-        for (var t = 0u; t < KEY_TILE; t++) {
-            let j = j0 + t;
-            if (j < end) {
-                let k_row = k_head + j * D;
-                var dot = 0.0;
-                if (gaussian) {
-                    var norm = 0.0;
-                    for (var c = 0u; c < D; c++) {
-                        let kc = k[k_row + c];
-                        dot = fma(qs[c], kc, dot);
-                        norm = fma(kc, kc, norm);
+@compute @workgroup_size(BLOCK)
+fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let d4 = p.d4;
+    let blk = row_block(wid, lid);
+    let causal = has(CAUSAL);
+    let gaussian = has(GAUSSIAN);
+
+    var q_rows: array<u32, ROWS>;
+    var m: array<f32, ROWS>;
+    var l: array<f32, ROWS>;
+    for (var r = 0u; r < ROWS; r++) {
+        q_rows[r] = p.q_off + (blk.bh * p.nq + min(blk.first_row + r, p.nq - 1u)) * d4;
+        m[r] = LOWEST;
+        l[r] = 0.0;
+    }
+
+    var first_tile = true;
+    for (var t0 = 0u; t0 < blk.count; t0 += TILE) {
+        var key_rows: array<u32, TILE>;
+        var key_ids: array<u32, TILE>;
+        for (var t = 0u; t < TILE; t++) {
+            key_ids[t] = key_of(blk.start, min(t0 + t, blk.count - 1u));
+            key_rows[t] = blk.k_head + key_ids[t] * d4;
+        }
+        // Keys ascend, so once the tile's first key is past the block, so is every later one.
+        if (causal && key_ids[0] > blk.last_row) {
+            break;
+        }
+
+        // pass 1: raw scores q . k of ROWS x TILE pairs, and the key norms.
+        var s: array<array<f32, TILE>, ROWS>;
+        var norms: array<f32, TILE>;
+        for (var c = 0u; c < d4; c++) {
+            var kc: array<vec4<f32>, TILE>;
+            for (var t = 0u; t < TILE; t++) {
+                kc[t] = k[key_rows[t] + c];
+            }
+            if (gaussian) {
+                for (var t = 0u; t < TILE; t++) {
+                    norms[t] += dot(kc[t], kc[t]);
+                }
+            }
+            for (var r = 0u; r < ROWS; r++) {
+                let qc = q[q_rows[r] + c];
+                for (var t = 0u; t < TILE; t++) {
+                    s[r][t] += dot(qc, kc[t]);
+                }
+            }
+        }
+        var visible: array<array<bool, TILE>, ROWS>;
+        finish_scores(blk, t0, key_ids, norms, &s, &visible);
+
+        // pass 2: online softmax. s turns into the tile's weights exp(s - m_new); the earlier
+        // tiles' sums shrink by exp(m_old - m_new).
+        var correction: array<f32, ROWS>;
+        for (var r = 0u; r < ROWS; r++) {
+            var m_new = m[r];
+            for (var t = 0u; t < TILE; t++) {
+                m_new = select(m_new, max(m_new, s[r][t]), visible[r][t]);
+            }
+            correction[r] = exp(m[r] - m_new);
+            var sum = 0.0;
+            for (var t = 0u; t < TILE; t++) {
+                let weight = select(0.0, exp(s[r][t] - m_new), visible[r][t]);
+                s[r][t] = weight;
+                sum += weight;
+            }
+            l[r] = l[r] * correction[r] + sum;
+            m[r] = m_new;
+        }
+
+        // pass 3: out = correction * out + weights @ V, accumulated in the output rows.
+        for (var c = 0u; c < d4; c++) {
+            var vc: array<vec4<f32>, TILE>;
+            for (var t = 0u; t < TILE; t++) {
+                vc[t] = v[key_rows[t] + c];
+            }
+            for (var r = 0u; r < ROWS; r++) {
+                if (blk.first_row + r < p.nq) {
+                    var acc = vec4<f32>(0.0);
+                    if (!first_tile) {
+                        acc = out[q_rows[r] + c] * correction[r];
                     }
-                    dot -= half_scale * norm;
+                    for (var t = 0u; t < TILE; t++) {
+                        acc = fma(vec4<f32>(s[r][t]), vc[t], acc);
+                    }
+                    out[q_rows[r] + c] = acc;
+                }
+            }
+        }
+        first_tile = false;
+    }
+
+    for (var r = 0u; r < ROWS; r++) {
+        let i = blk.first_row + r;
+        if (i < p.nq) {
+            // l >= 1 once any key was visible, because the maximal key has weight exp(0).
+            let empty = l[r] == 0.0;
+            let inv = select(1.0 / l[r], 0.0, empty);
+            for (var c = 0u; c < d4; c++) {
+                if (first_tile) {
+                    out[q_rows[r] + c] = vec4<f32>(0.0);
                 } else {
-                    for (var c = 0u; c < D; c++) {
-                        dot = fma(qs[c], k[k_row + c], dot);
-                    }
-                }
-                if (with_bias) {
-                    dot += bias[bias_row + j];
-                }
-                s[t] = dot;
-                let visible = !causal || j <= i;
-                tile_max = select(tile_max, max(tile_max, dot), visible);
-            }
-        }
-
-        // pass 2: rescale the accumulator once per tile, then add the tile's values.
-        let m_new = max(m, tile_max);
-        let correction = exp(m - m_new);
-        l *= correction;
-        for (var c = 0u; c < D; c++) {
-            acc[c] *= correction;
-        }
-        for (var t = 0u; t < KEY_TILE; t++) {
-            let j = j0 + t;
-            if (j < end) {
-                let visible = !causal || j <= i;
-                let weight = select(0.0, exp(s[t] - m_new), visible);
-                l += weight;
-                let v_row = k_head + j * D;
-                for (var c = 0u; c < D; c++) {
-                    acc[c] = fma(weight, v[v_row + c], acc[c]);
+                    out[q_rows[r] + c] *= inv;
                 }
             }
+            lse[p.row_off + blk.bh * p.nq + i] = select(m[r] + log(l[r]), 0.0, empty);
         }
-        m = m_new;
-    }
-
-    if (i < p.nq) {
-        // l >= 1 once any key was visible, because the maximal key has weight exp(0).
-        let empty = l == 0.0;
-        let inv = select(1.0 / l, 0.0, empty);
-        for (var c = 0u; c < D; c++) {
-            out[q_row + c] = acc[c] * inv;
-        }
-        lse[p.row_off + bh * p.nq + i] = select(m + log(l), 0.0, empty);
     }
 }
 
 // dq_i = scale * sum_j ds_ij k_j with ds_ij = P_ij (dout_i . v_j - D_i); also stores D_i.
 @compute @workgroup_size(BLOCK)
 fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let h = wid.y;
-    let bh = wid.z * p.heads + h;
-    let i = wid.x * BLOCK + lid.x;
-    let row = min(i, p.nq - 1u);
+    let d4 = p.d4;
+    let blk = row_block(wid, lid);
     let causal = has(CAUSAL);
     let gaussian = has(GAUSSIAN);
-    let with_bias = has(HAS_BIAS);
-    let half_scale = 0.5 * p.scale;
 
-    let q_row = p.q_off + (bh * p.nq + row) * D;
-    var qs: array<f32, MAX_D>;
-    var dos: array<f32, MAX_D>;
-    var row_delta = 0.0;
-    for (var c = 0u; c < D; c++) {
-        qs[c] = q[q_row + c] * p.scale;
-        let g = dout[q_row + c];
-        dos[c] = g;
-        row_delta = fma(g, out_saved[q_row + c], row_delta);
-    }
-    let row_lse = lse_saved[p.row_off + bh * p.nq + row];
-
-    var acc: array<f32, MAX_D>;
-    var kr: array<f32, MAX_D>;
-    let k_head = p.k_off + bh * p.nk * D;
-    let bias_row = p.bias_off + wid.z * p.bias_bs + h * p.bias_hs + row * p.bias_rs;
-    let end = key_end(wid.x);
-    for (var j = 0u; j < end; j++) {
-        let k_row = k_head + j * D;
-        var dot = 0.0;
-        var norm = 0.0;
-        var dp = 0.0;
-        for (var c = 0u; c < D; c++) {
-            let kc = k[k_row + c];
-            kr[c] = kc;
-            dot = fma(qs[c], kc, dot);
-            norm = fma(kc, kc, norm);
-            dp = fma(dos[c], v[k_row + c], dp);
+    var q_rows: array<u32, ROWS>;
+    var row_lse: array<f32, ROWS>;
+    var row_delta: array<f32, ROWS>;
+    for (var r = 0u; r < ROWS; r++) {
+        let row = min(blk.first_row + r, p.nq - 1u);
+        q_rows[r] = p.q_off + (blk.bh * p.nq + row) * d4;
+        row_lse[r] = lse_saved[p.row_off + blk.bh * p.nq + row];
+        var sum = 0.0;
+        for (var c = 0u; c < d4; c++) {
+            sum += dot(dout[q_rows[r] + c], out_saved[q_rows[r] + c]);
         }
-        if (gaussian) {
-            dot -= half_scale * norm;
-        }
-        if (with_bias) {
-            dot += bias[bias_row + j];
-        }
-        let visible = !causal || j <= i;
-        let weight = select(0.0, exp(dot - row_lse), visible);
-        let ds = weight * (dp - row_delta);
-        for (var c = 0u; c < D; c++) {
-            acc[c] = fma(ds, kr[c], acc[c]);
-        }
+        row_delta[r] = sum;
     }
 
-    if (i < p.nq) {
-        for (var c = 0u; c < D; c++) {
-            dq[q_row + c] = acc[c] * p.scale;
+    var first_tile = true;
+    for (var t0 = 0u; t0 < blk.count; t0 += TILE) {
+        var key_rows: array<u32, TILE>;
+        var key_ids: array<u32, TILE>;
+        for (var t = 0u; t < TILE; t++) {
+            key_ids[t] = key_of(blk.start, min(t0 + t, blk.count - 1u));
+            key_rows[t] = blk.k_head + key_ids[t] * d4;
         }
-        delta[p.row_off + bh * p.nq + i] = row_delta;
+        if (causal && key_ids[0] > blk.last_row) {
+            break;
+        }
+
+        // pass 1: scores q . k and dP = dout . v of ROWS x TILE pairs.
+        var s: array<array<f32, TILE>, ROWS>;
+        var dp: array<array<f32, TILE>, ROWS>;
+        var norms: array<f32, TILE>;
+        for (var c = 0u; c < d4; c++) {
+            var kc: array<vec4<f32>, TILE>;
+            var vc: array<vec4<f32>, TILE>;
+            for (var t = 0u; t < TILE; t++) {
+                kc[t] = k[key_rows[t] + c];
+                vc[t] = v[key_rows[t] + c];
+            }
+            if (gaussian) {
+                for (var t = 0u; t < TILE; t++) {
+                    norms[t] += dot(kc[t], kc[t]);
+                }
+            }
+            for (var r = 0u; r < ROWS; r++) {
+                let qc = q[q_rows[r] + c];
+                let gc = dout[q_rows[r] + c];
+                for (var t = 0u; t < TILE; t++) {
+                    s[r][t] += dot(qc, kc[t]);
+                    dp[r][t] += dot(gc, vc[t]);
+                }
+            }
+        }
+        var visible: array<array<bool, TILE>, ROWS>;
+        finish_scores(blk, t0, key_ids, norms, &s, &visible);
+
+        // pass 2: s turns into scale * ds = scale * P (dP - D).
+        for (var r = 0u; r < ROWS; r++) {
+            for (var t = 0u; t < TILE; t++) {
+                let weight = select(0.0, exp(s[r][t] - row_lse[r]), visible[r][t]);
+                s[r][t] = p.scale * weight * (dp[r][t] - row_delta[r]);
+            }
+        }
+
+        // pass 3: dq += scale * ds @ K, accumulated in the dq rows.
+        for (var c = 0u; c < d4; c++) {
+            var kc: array<vec4<f32>, TILE>;
+            for (var t = 0u; t < TILE; t++) {
+                kc[t] = k[key_rows[t] + c];
+            }
+            for (var r = 0u; r < ROWS; r++) {
+                if (blk.first_row + r < p.nq) {
+                    var acc = vec4<f32>(0.0);
+                    if (!first_tile) {
+                        acc = dq[q_rows[r] + c];
+                    }
+                    for (var t = 0u; t < TILE; t++) {
+                        acc = fma(vec4<f32>(s[r][t]), kc[t], acc);
+                    }
+                    dq[q_rows[r] + c] = acc;
+                }
+            }
+        }
+        first_tile = false;
+    }
+
+    for (var r = 0u; r < ROWS; r++) {
+        let i = blk.first_row + r;
+        if (i < p.nq) {
+            if (first_tile) {
+                for (var c = 0u; c < d4; c++) {
+                    dq[q_rows[r] + c] = vec4<f32>(0.0);
+                }
+            }
+            delta[p.row_off + blk.bh * p.nq + i] = row_delta[r];
+        }
     }
 }
 
 // dv_j = sum_i P_ij dout_i, dk_j = scale * sum_i ds_ij (q_i [- k_j] for Gaussian logits), and
 // the bias gradient ds_ij summed over the bias's broadcast axes.
 //
-// One invocation per key row of one bias slice: workgroup y indexes the slices, and each
-// invocation loops over the b_inner x h_inner (batch item, head) pairs that share its slice.
-// Because it alone owns column j of the slice, it sums the slice's bias gradient without
-// atomics: in a register when the bias broadcasts over the rows, else in dbias itself.
+// Every invocation owns ROWS key slots of one bias slice: workgroup y indexes the slices, and
+// each invocation loops over the b_inner x h_inner (batch item, head) pairs that share its
+// slice. Because it alone owns those columns of the slice, it sums their bias gradients
+// without atomics: in registers when the bias broadcasts over the rows, else in dbias itself.
+// With KEY_LIST, dk and dv rows of keys outside the lists are left as they are (zero).
 @compute @workgroup_size(BLOCK)
 fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let j = wid.x * BLOCK + lid.x;
-    let col = min(j, p.nk - 1u);
-    let key_valid = j < p.nk;
+    let d4 = p.d4;
     let causal = has(CAUSAL);
     let gaussian = has(GAUSSIAN);
     let with_bias = has(HAS_BIAS);
-    let half_scale = 0.5 * p.scale;
-    let rows_broadcast = p.bias_rs == 0u;
+    let rows_broadcast = p.bias_rs == 0u && !has(KEY_LIST);
+    let block_slot = wid.x * BLOCK * ROWS;
+    let first_slot = (wid.x * BLOCK + lid.x) * ROWS;
 
     let slices_per_batch = p.heads / p.h_inner;
     let b_outer = wid.y / slices_per_batch;
     let h_outer = wid.y % slices_per_batch;
-    // Queries before the block's first key see none of its keys.
-    var row_start = 0u;
-    if (causal) {
-        row_start = min(wid.x * BLOCK, p.nq);
-    }
 
-    var kr: array<f32, MAX_D>;
-    var vr: array<f32, MAX_D>;
-    var qi: array<f32, MAX_D>;
-    var gi: array<f32, MAX_D>;
-    var dk_acc: array<f32, MAX_D>;
-    var dv_acc: array<f32, MAX_D>;
-    var dbias_sum = 0.0;
+    var dbias_sum: array<f32, ROWS>;
     for (var bi = 0u; bi < p.b_inner; bi++) {
         for (var hi = 0u; hi < p.h_inner; hi++) {
             let b = b_outer * p.b_inner + bi;
             let h = h_outer * p.h_inner + hi;
             let bh = b * p.heads + h;
             let first_pair = bi == 0u && hi == 0u && !has(ACCUMULATE_DBIAS);
-
-            let k_row = p.k_off + (bh * p.nk + col) * D;
-            var norm = 0.0;
-            for (var c = 0u; c < D; c++) {
-                let kc = k[k_row + c];
-                kr[c] = kc;
-                norm = fma(kc, kc, norm);
-                vr[c] = v[k_row + c];
-                dk_acc[c] = 0.0;
-                dv_acc[c] = 0.0;
+            let count = slot_count(h);
+            if (block_slot >= count) {
+                continue;
             }
-            var k_term = 0.0;
-            if (gaussian) {
-                k_term = half_scale * norm;
-            }
-            var ds_sum = 0.0;
+            let start = slot_start(h);
+            let slice_base = bias_base(b, h, start);
+            let slice_rs = bias_row_stride(count);
 
-            let bias_col = p.bias_off + b * p.bias_bs + h * p.bias_hs + col;
-            for (var i = row_start; i < p.nq; i++) {
-                let q_row = p.q_off + (bh * p.nq + i) * D;
-                var dot = 0.0;
-                var dp = 0.0;
-                for (var c = 0u; c < D; c++) {
-                    let qc = q[q_row + c];
-                    let gc = dout[q_row + c];
-                    qi[c] = qc;
-                    gi[c] = gc;
-                    dot = fma(qc, kr[c], dot);
-                    dp = fma(gc, vr[c], dp);
+            var key_rows: array<u32, ROWS>;
+            var key_ids: array<u32, ROWS>;
+            var slots: array<u32, ROWS>;
+            var norms: array<f32, ROWS>;
+            for (var r = 0u; r < ROWS; r++) {
+                slots[r] = min(first_slot + r, count - 1u);
+                key_ids[r] = key_of(start, slots[r]);
+                key_rows[r] = p.k_off + (bh * p.nk + key_ids[r]) * d4;
+                var norm = 0.0;
+                if (gaussian) {
+                    for (var c = 0u; c < d4; c++) {
+                        let kc = k[key_rows[r] + c];
+                        norm += dot(kc, kc);
+                    }
                 }
-                var s = dot * p.scale - k_term;
-                if (with_bias) {
-                    s += bias[bias_col + i * p.bias_rs];
+                norms[r] = norm;
+            }
+            // Queries before the block's first key see none of its keys.
+            var row_start = 0u;
+            if (causal) {
+                row_start = min(key_of(start, block_slot), p.nq);
+            }
+
+            var ds_sum: array<f32, ROWS>;
+            var first_tile = true;
+            for (var i0 = row_start; i0 < p.nq; i0 += TILE) {
+                var q_rows: array<u32, TILE>;
+                var tile_lse: array<f32, TILE>;
+                var tile_delta: array<f32, TILE>;
+                for (var t = 0u; t < TILE; t++) {
+                    let row = min(i0 + t, p.nq - 1u);
+                    q_rows[t] = p.q_off + (bh * p.nq + row) * d4;
+                    tile_lse[t] = lse_saved[p.row_off + bh * p.nq + row];
+                    tile_delta[t] = delta_saved[p.row_off + bh * p.nq + row];
                 }
-                let stat = p.row_off + bh * p.nq + i;
-                let visible = key_valid && (!causal || j <= i);
-                let weight = select(0.0, exp(s - lse_saved[stat]), visible);
-                let ds = weight * (dp - delta_saved[stat]);
-                for (var c = 0u; c < D; c++) {
-                    dv_acc[c] = fma(weight, gi[c], dv_acc[c]);
-                    dk_acc[c] = fma(ds, qi[c], dk_acc[c]);
-                }
-                ds_sum += ds;
-                if (with_bias) {
-                    if (rows_broadcast) {
-                        dbias_sum += ds;
-                    } else if (key_valid) {
-                        let index = bias_col + i * p.bias_rs;
-                        if (first_pair) {
-                            dbias[index] = ds;
-                        } else {
-                            dbias[index] += ds;
+
+                // pass 1: scores and dP of ROWS keys x TILE queries.
+                var s: array<array<f32, TILE>, ROWS>;
+                var dp: array<array<f32, TILE>, ROWS>;
+                for (var c = 0u; c < d4; c++) {
+                    var qc: array<vec4<f32>, TILE>;
+                    var gc: array<vec4<f32>, TILE>;
+                    for (var t = 0u; t < TILE; t++) {
+                        qc[t] = q[q_rows[t] + c];
+                        gc[t] = dout[q_rows[t] + c];
+                    }
+                    for (var r = 0u; r < ROWS; r++) {
+                        let kc = k[key_rows[r] + c];
+                        let vc = v[key_rows[r] + c];
+                        for (var t = 0u; t < TILE; t++) {
+                            s[r][t] += dot(kc, qc[t]);
+                            dp[r][t] += dot(vc, gc[t]);
                         }
                     }
                 }
-            }
-            // Causal rows before row_start still need their (zero) bias gradient written.
-            if (with_bias && !rows_broadcast && first_pair && key_valid) {
-                for (var i = 0u; i < row_start; i++) {
-                    dbias[bias_col + i * p.bias_rs] = 0.0;
+
+                // pass 2: s turns into P and dp into scale * ds; the bias gradient is ds.
+                for (var r = 0u; r < ROWS; r++) {
+                    let slot_valid = first_slot + r < count;
+                    for (var t = 0u; t < TILE; t++) {
+                        let i = i0 + t;
+                        var x = s[r][t] * p.scale - 0.5 * p.scale * norms[r];
+                        let bias_index = slice_base + min(i, p.nq - 1u) * slice_rs + slots[r];
+                        if (with_bias) {
+                            x += bias[bias_index];
+                        }
+                        let visible = slot_valid && i < p.nq && (!causal || key_ids[r] <= i);
+                        let weight = select(0.0, exp(x - tile_lse[t]), visible);
+                        let ds = weight * (dp[r][t] - tile_delta[t]);
+                        s[r][t] = weight;
+                        dp[r][t] = p.scale * ds;
+                        ds_sum[r] += ds;
+                        if (with_bias) {
+                            if (rows_broadcast) {
+                                dbias_sum[r] += ds;
+                            } else if (slot_valid && i < p.nq) {
+                                if (first_pair) {
+                                    dbias[bias_index] = ds;
+                                } else {
+                                    dbias[bias_index] += ds;
+                                }
+                            }
+                        }
+                    }
                 }
+
+                // pass 3: dv += P^T @ dout and dk += scale * ds^T @ Q in the output rows.
+                for (var c = 0u; c < d4; c++) {
+                    var qc: array<vec4<f32>, TILE>;
+                    var gc: array<vec4<f32>, TILE>;
+                    for (var t = 0u; t < TILE; t++) {
+                        qc[t] = q[q_rows[t] + c];
+                        gc[t] = dout[q_rows[t] + c];
+                    }
+                    for (var r = 0u; r < ROWS; r++) {
+                        if (first_slot + r < count) {
+                            var dv_acc = vec4<f32>(0.0);
+                            var dk_acc = vec4<f32>(0.0);
+                            if (!first_tile) {
+                                dv_acc = dv[key_rows[r] + c];
+                                dk_acc = dk[key_rows[r] + c];
+                            }
+                            for (var t = 0u; t < TILE; t++) {
+                                dv_acc = fma(vec4<f32>(s[r][t]), gc[t], dv_acc);
+                                dk_acc = fma(vec4<f32>(dp[r][t]), qc[t], dk_acc);
+                            }
+                            dv[key_rows[r] + c] = dv_acc;
+                            dk[key_rows[r] + c] = dk_acc;
+                        }
+                    }
+                }
+                first_tile = false;
             }
 
-            if (key_valid) {
-                // d s_ij / d k_j = scale * q_i, minus scale * k_j for Gaussian logits.
-                var k_scale = 0.0;
-                if (gaussian) {
-                    k_scale = p.scale * ds_sum;
+            for (var r = 0u; r < ROWS; r++) {
+                if (first_slot + r >= count) {
+                    continue;
                 }
-                for (var c = 0u; c < D; c++) {
-                    dk[k_row + c] = dk_acc[c] * p.scale - k_scale * kr[c];
-                    dv[k_row + c] = dv_acc[c];
+                if (first_tile) {
+                    for (var c = 0u; c < d4; c++) {
+                        dk[key_rows[r] + c] = vec4<f32>(0.0);
+                        dv[key_rows[r] + c] = vec4<f32>(0.0);
+                    }
+                } else if (gaussian) {
+                    // d s_ij / d k_j = scale * (q_i - k_j): the k_j part sums over the rows.
+                    for (var c = 0u; c < d4; c++) {
+                        dk[key_rows[r] + c] -= p.scale * ds_sum[r] * k[key_rows[r] + c];
+                    }
+                }
+                // Rows before row_start still need their (zero) bias gradient.
+                if (with_bias && !rows_broadcast && first_pair) {
+                    for (var i = 0u; i < row_start; i++) {
+                        dbias[slice_base + i * slice_rs + slots[r]] = 0.0;
+                    }
                 }
             }
         }
     }
 
-    if (with_bias && rows_broadcast && key_valid) {
-        let index = p.bias_off + b_outer * p.b_inner * p.bias_bs + h_outer * p.h_inner * p.bias_hs + col;
-        if (has(ACCUMULATE_DBIAS)) {
-            dbias[index] += dbias_sum;
-        } else {
-            dbias[index] = dbias_sum;
+    if (with_bias && rows_broadcast) {
+        let slice_base = p.bias_off + b_outer * p.b_inner * p.bias_bs + h_outer * p.h_inner * p.bias_hs;
+        for (var r = 0u; r < ROWS; r++) {
+            let slot = first_slot + r;
+            if (slot < p.nk) {
+                if (has(ACCUMULATE_DBIAS)) {
+                    dbias[slice_base + slot] += dbias_sum[r];
+                } else {
+                    dbias[slice_base + slot] = dbias_sum[r];
+                }
+            }
         }
     }
 }
@@ -428,8 +659,8 @@ fn unfused_key_norms(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let r = (gid.z * p.heads + gid.y) * p.nk + j;
     var norm = 0.0;
-    for (var c = 0u; c < D; c++) {
-        let kc = norm_keys[p.k_off + r * D + c];
+    for (var c = 0u; c < p.d; c++) {
+        let kc = norm_keys[p.k_off + r * p.d + c];
         norm = fma(kc, kc, norm);
     }
     norms[p.row_off + r] = norm;
@@ -510,8 +741,8 @@ fn unfused_gaussian_key_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var i = 0u; i < p.nq; i++) {
         ds_sum += ds_in[p.q_off + (bh * p.nq + i) * p.nk + j];
     }
-    let k_row = p.k_off + (bh * p.nk + j) * D;
-    for (var c = 0u; c < D; c++) {
+    let k_row = p.k_off + (bh * p.nk + j) * p.d;
+    for (var c = 0u; c < p.d; c++) {
         dk_inout[k_row + c] -= p.scale * ds_sum * grad_keys[k_row + c];
     }
 }
@@ -549,4 +780,30 @@ fn unfused_sum_to_bias(@builtin(global_invocation_id) gid: vec3<u32>) {
     } else {
         dbias_out[index] = total;
     }
+}
+
+// Copies rows between widths: dst[r, c] = src[r, c] for c < min(src_width, dst_width), and 0
+// for the rest of a wider row. Pads head widths to a multiple of 4 for the fused kernels, and
+// crops their results back.
+//
+// Bindings: 1 copy_src [rows, src_width], 2 copy_dst (rw) [rows, dst_width]
+// Params: nq = rows, nk = src_width, d = dst_width, q_off and k_off the offsets of src and
+// dst. Grid: x covers dst_width, y and z the rows
+// (y + z * 65535).
+
+@group(0) @binding(1) var<storage, read> copy_src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> copy_dst: array<f32>;
+
+@compute @workgroup_size(64)
+fn copy_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.y + gid.z * 65535u;
+    let c = gid.x;
+    if (row >= p.nq || c >= p.d) {
+        return;
+    }
+    var x = 0.0;
+    if (c < p.nk) {
+        x = copy_src[p.q_off + row * p.nk + c];
+    }
+    copy_dst[p.k_off + row * p.d + c] = x;
 }

@@ -23,8 +23,6 @@ shader!(LAYERNORM, "layernorm.wgsl");
 shader!(EMBEDDING, "embedding.wgsl");
 shader!(CROSS_ENTROPY, "cross_entropy.wgsl");
 shader!(PERMUTE, "permute.wgsl");
-shader!(ATTENTION_CSR, "attention_csr.wgsl");
-shader!(ATTENTION_CSR_BACKWARD, "attention_csr_backward.wgsl");
 shader!(ATTENTION_DENSE, "attention_dense.wgsl");
 shader!(ATTENTION_GATHERED, "attention_gathered.wgsl");
 
@@ -43,8 +41,6 @@ pub fn all() -> Vec<&'static Shader> {
         &EMBEDDING,
         &CROSS_ENTROPY,
         &PERMUTE,
-        &ATTENTION_CSR,
-        &ATTENTION_CSR_BACKWARD,
         &ATTENTION_DENSE,
         &ATTENTION_GATHERED,
     ]

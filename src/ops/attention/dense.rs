@@ -1,18 +1,75 @@
 //! Fused dense attention: forward with an online softmax, backward in two kernels (dQ by query
-//! rows, then dK, dV and the bias gradient by key rows), so no kernel needs atomics.
+//! rows, then dK, dV and the bias gradient by key rows), so no kernel needs atomics. The same
+//! kernels, given a per-head key list, run the keys-only layout of gathered attention.
+
+use std::ops::Range;
 
 use super::{
-    ACCUMULATE_DBIAS, AttentionConfig, BiasLayout, CAUSAL, Dims, GAUSSIAN, HAS_BIAS, LogitKernel, Params, batch_chunks,
-    constants, expect_shape, rows_per_workgroup, whole, window,
+    ACCUMULATE_DBIAS, AttentionConfig, BiasLayout, CAUSAL, Dims, GAUSSIAN, HAS_BIAS, KEY_LIST, LogitKernel, Params,
+    batch_chunks, expect_shape, whole, window,
 };
 use crate::error::{Error, Result};
-use crate::gpu;
+use crate::gpu::{self, Binding};
 use crate::ops::groups;
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
 
-/// Builds the fields of `Params` that every dense kernel shares.
-fn base_params(dims: &Dims, cfg: &AttentionConfig, bias: Option<&BiasLayout>) -> Params {
+/// Query rows (or key slots) per invocation, `ROWS` in attention_dense.wgsl.
+const ROWS: usize = 4;
+
+/// Invocations per workgroup. CPU adapters such as lavapipe run a workgroup as a loop over SIMD
+/// groups, so smaller blocks waste less on causal masks and ragged ends; GPUs want more
+/// threads per workgroup to hide latency.
+pub(super) fn block() -> usize {
+    if gpu::get().info.device_type == wgpu::DeviceType::Cpu {
+        16
+    } else {
+        32
+    }
+}
+
+fn constants() -> [(&'static str, f64); 1] {
+    [("BLOCK", block() as f64)]
+}
+
+/// How the fused kernels address the bias.
+#[derive(Clone, Copy)]
+pub(super) enum BiasArg<'t> {
+    None,
+    /// A dense bias [B|1, H|1, Nq|1, Nk].
+    Dense(&'t Tensor, BiasLayout),
+    /// One value per kept entry of a key list, shared by the batch (keys-only patterns).
+    Entries(&'t Tensor),
+}
+
+impl<'t> BiasArg<'t> {
+    fn tensor(&self) -> Option<&'t Tensor> {
+        match *self {
+            BiasArg::None => None,
+            BiasArg::Dense(t, _) | BiasArg::Entries(t) => Some(t),
+        }
+    }
+
+    /// Elements of one batch item, when the bias has a batch axis of its own.
+    fn item(&self) -> Option<usize> {
+        match self {
+            BiasArg::Dense(_, layout) => layout.item(),
+            _ => None,
+        }
+    }
+
+    /// Binds the bias (or its gradient `t`) for a batch range, with the element offset.
+    fn bind<'a>(&self, t: &'a Tensor, items: &Range<usize>) -> (Binding<'a>, u32) {
+        match self.item() {
+            Some(item) => window(t, item, items),
+            None => (whole(t), 0),
+        }
+    }
+}
+
+/// Builds the fields of `Params` that every fused kernel shares. `dims.d` is the padded head
+/// width; `scale` comes from the real one.
+fn base_params(dims: &Dims, scale: f32, cfg: &AttentionConfig, bias: &BiasArg, key_list: bool) -> Params {
     let mut flags = 0;
     if cfg.causal {
         flags |= CAUSAL;
@@ -20,48 +77,64 @@ fn base_params(dims: &Dims, cfg: &AttentionConfig, bias: Option<&BiasLayout>) ->
     if cfg.logits == LogitKernel::Gaussian {
         flags |= GAUSSIAN;
     }
+    if key_list {
+        flags |= KEY_LIST;
+    }
     let mut p = Params {
         heads: dims.heads as u32,
         nq: dims.nq as u32,
         nk: dims.nk as u32,
-        scale: dims.scale(),
+        scale,
         b_inner: 1,
         h_inner: 1,
+        d4: (dims.d / 4) as u32,
         ..Params::default()
     };
-    if let Some(layout) = bias {
-        flags |= HAS_BIAS;
-        p.bias_bs = layout.bs as u32;
-        p.bias_hs = layout.hs as u32;
-        p.bias_rs = layout.rs as u32;
+    match bias {
+        BiasArg::None => {}
+        BiasArg::Dense(_, layout) => {
+            flags |= HAS_BIAS;
+            p.bias_bs = layout.bs as u32;
+            p.bias_hs = layout.hs as u32;
+            p.bias_rs = layout.rs as u32;
+        }
+        BiasArg::Entries(_) => flags |= HAS_BIAS,
     }
     p.flags = flags;
     p
 }
 
-/// Checks a bias against the sizes and that a bias shared by all batch items fits one binding.
-fn bias_layout(op: &'static str, bias: Option<&Tensor>, dims: &Dims) -> Result<Option<BiasLayout>> {
+/// Checks a dense bias against the sizes, and that a bias shared by all batch items fits one
+/// binding.
+fn dense_bias<'t>(op: &'static str, bias: Option<&'t Tensor>, dims: &Dims) -> Result<BiasArg<'t>> {
     let Some(bias) = bias else {
-        return Ok(None);
+        return Ok(BiasArg::None);
     };
     let layout = BiasLayout::of_tensor(op, bias, dims)?;
-    if layout.batch_broadcast() && bias.byte_len() > gpu::get().max_binding_bytes() {
+    check_binding(op, "bias", bias, layout.item().is_none())?;
+    Ok(BiasArg::Dense(bias, layout))
+}
+
+/// Rejects a tensor that every batch range binds whole but that exceeds the binding limit.
+pub(super) fn check_binding(op: &'static str, name: &str, t: &Tensor, bound_whole: bool) -> Result<()> {
+    let limit = gpu::get().max_binding_bytes();
+    if bound_whole && t.byte_len() > limit {
         return Err(Error::shape(
             op,
             format!(
-                "bias {:?} shared by the batch exceeds the binding limit of {} bytes",
-                bias.shape(),
-                gpu::get().max_binding_bytes()
+                "{name} {:?} of {} bytes exceeds the binding limit of {limit} bytes",
+                t.shape(),
+                t.byte_len()
             ),
         ));
     }
-    Ok(Some(layout))
+    Ok(())
 }
 
 /// Elements per batch item of every tensor bound per batch range.
-fn item_elements(dims: &Dims, bias: Option<&BiasLayout>) -> Vec<usize> {
+fn item_elements(dims: &Dims, bias: &BiasArg) -> Vec<usize> {
     let mut items = vec![dims.q_item(), dims.k_item(), dims.row_item()];
-    items.extend(bias.and_then(|b| b.item()));
+    items.extend(bias.item());
     items
 }
 
@@ -69,8 +142,7 @@ fn item_elements(dims: &Dims, bias: Option<&BiasLayout>) -> Vec<usize> {
 ///
 /// Shapes: q [B, H, Nq, d], k and v [B, H, Nk, d], bias [B|1, H|1, Nq|1, Nk] added to the
 /// scores before the softmax. Returns out [B, H, Nq, d] and the row log-sum-exp
-/// lse [B, H, Nq] of the biased scores, which the backward needs. Head widths up to
-/// [`super::MAX_HEAD_WIDTH`].
+/// lse [B, H, Nq] of the biased scores, which the backward needs.
 pub fn attention_dense(
     q: &Tensor,
     k: &Tensor,
@@ -80,58 +152,8 @@ pub fn attention_dense(
 ) -> Result<(Tensor, Tensor)> {
     const OP: &str = "attention_dense";
     let dims = Dims::of(OP, q, k, v)?;
-    dims.check_head_width(OP)?;
-    let layout = bias_layout(OP, bias, &dims)?;
-    let lse_shape = [dims.batch, dims.heads, dims.nq];
-    if dims.nk == 0 {
-        return Ok((
-            Tensor::zeros(q.shape(), DType::F32),
-            Tensor::zeros(&lse_shape, DType::F32),
-        ));
-    }
-    let out = Tensor::empty(q.shape(), DType::F32);
-    let lse = Tensor::empty(&lse_shape, DType::F32);
-    if q.numel() == 0 {
-        return Ok((out, lse));
-    }
-
-    let gpu = gpu::get();
-    let block = rows_per_workgroup();
-    for items in batch_chunks(OP, dims.batch, &item_elements(&dims, layout.as_ref()))? {
-        let mut p = base_params(&dims, cfg, layout.as_ref());
-        let (q_bind, q_off) = window(q, dims.q_item(), &items);
-        let (k_bind, k_off) = window(k, dims.k_item(), &items);
-        let (v_bind, _) = window(v, dims.k_item(), &items);
-        let (out_bind, _) = window(&out, dims.q_item(), &items);
-        let (lse_bind, row_off) = window(&lse, dims.row_item(), &items);
-        let (bias_bind, bias_off) = bias_window(bias, layout.as_ref(), q, &items);
-        (p.q_off, p.k_off, p.row_off, p.bias_off) = (q_off, k_off, row_off, bias_off);
-        gpu.dispatch(
-            &shaders::ATTENTION_DENSE,
-            "forward",
-            &constants(dims.d),
-            bytemuck::bytes_of(&p),
-            &[q_bind, k_bind, v_bind, bias_bind, out_bind, lse_bind],
-            [groups(dims.nq, block), dims.heads as u32, items.len() as u32],
-        )?;
-    }
-    Ok((out, lse))
-}
-
-/// Binds the bias window of a batch range, or q's window in place of a missing bias.
-fn bias_window<'t>(
-    bias: Option<&'t Tensor>,
-    layout: Option<&BiasLayout>,
-    fallback: &'t Tensor,
-    items: &std::ops::Range<usize>,
-) -> (gpu::Binding<'t>, u32) {
-    match (bias, layout) {
-        (Some(bias), Some(layout)) => match layout.item() {
-            Some(item) => window(bias, item, items),
-            None => (whole(bias), 0),
-        },
-        _ => (window(fallback, fallback.numel() / fallback.dim(0), items).0, 0),
-    }
+    let bias = dense_bias(OP, bias, &dims)?;
+    fused_forward(OP, q, k, v, bias, None, &dims, cfg)
 }
 
 /// Fused attention backward from the forward's `out` and `lse`.
@@ -151,35 +173,138 @@ pub fn attention_dense_backward(
 ) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
     const OP: &str = "attention_dense_backward";
     let dims = Dims::of(OP, q, k, v)?;
-    dims.check_head_width(OP)?;
-    let layout = bias_layout(OP, bias, &dims)?;
-    expect_shape(OP, "out", out, q.shape())?;
-    expect_shape(OP, "dout", dout, q.shape())?;
-    expect_shape(OP, "lse", lse, &[dims.batch, dims.heads, dims.nq])?;
+    let bias = dense_bias(OP, bias, &dims)?;
+    let saved = Saved { out, lse, dout };
+    fused_backward(OP, q, k, v, bias, None, saved, &dims, cfg)
+}
 
+/// A per-head key list for the fused kernels: u32 [H + 1 + kept], the list offsets and then
+/// the kept keys of all heads, and the largest list length.
+#[derive(Clone, Copy)]
+pub(super) struct KeyList<'t> {
+    pub tensor: &'t Tensor,
+    pub max_count: usize,
+}
+
+/// Runs the fused forward kernel over every batch range.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn fused_forward(
+    op: &'static str,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: BiasArg,
+    key_list: Option<KeyList>,
+    dims: &Dims,
+    cfg: &AttentionConfig,
+) -> Result<(Tensor, Tensor)> {
+    let lse_shape = [dims.batch, dims.heads, dims.nq];
+    if dims.nk == 0 || q.numel() == 0 {
+        return Ok((
+            Tensor::zeros(q.shape(), DType::F32),
+            Tensor::zeros(&lse_shape, DType::F32),
+        ));
+    }
+    let scale = dims.scale();
+    let padded = Padded::new(dims, [q, k, v])?;
+    let [q, k, v] = padded.inputs();
+    let dims = &padded.dims;
+    let out = Tensor::empty(q.shape(), DType::F32);
+    let lse = Tensor::empty(&lse_shape, DType::F32);
+    // Stands in for a missing key list, which the kernel then never reads.
+    let no_list = Tensor::zeros(&[1], DType::U32);
+    let list = key_list.map_or(&no_list, |l| l.tensor);
+
+    let gpu = gpu::get();
+    for items in batch_chunks(op, dims.batch, &item_elements(dims, &bias))? {
+        let mut p = base_params(dims, scale, cfg, &bias, key_list.is_some());
+        let (q_bind, q_off) = window(q, dims.q_item(), &items);
+        let (k_bind, k_off) = window(k, dims.k_item(), &items);
+        let (v_bind, _) = window(v, dims.k_item(), &items);
+        let (out_bind, _) = window(&out, dims.q_item(), &items);
+        let (lse_bind, row_off) = window(&lse, dims.row_item(), &items);
+        // Without a bias, q's window takes the binding; the kernel never reads it.
+        let (bias_bind, bias_off) = match bias.tensor() {
+            Some(t) => bias.bind(t, &items),
+            None => (q_bind, 0),
+        };
+        (p.q_off, p.k_off, p.row_off, p.bias_off) = (q_off / 4, k_off / 4, row_off, bias_off);
+        gpu.dispatch(
+            &shaders::ATTENTION_DENSE,
+            "forward",
+            &constants(),
+            bytemuck::bytes_of(&p),
+            &[q_bind, k_bind, v_bind, bias_bind, whole(list), out_bind, lse_bind],
+            [groups(dims.nq, block() * ROWS), dims.heads as u32, items.len() as u32],
+        )?;
+    }
+    Ok((padded.crop(out)?, lse))
+}
+
+/// The forward's saved outputs and the incoming gradient.
+#[derive(Clone, Copy)]
+pub(super) struct Saved<'t> {
+    pub out: &'t Tensor,
+    pub lse: &'t Tensor,
+    pub dout: &'t Tensor,
+}
+
+/// Runs the fused backward kernels over every batch range.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn fused_backward(
+    op: &'static str,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: BiasArg,
+    key_list: Option<KeyList>,
+    saved: Saved,
+    dims: &Dims,
+    cfg: &AttentionConfig,
+) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
+    expect_shape(op, "out", saved.out, q.shape())?;
+    expect_shape(op, "dout", saved.dout, q.shape())?;
+    expect_shape(op, "lse", saved.lse, &[dims.batch, dims.heads, dims.nq])?;
+
+    let bias_tensor = bias.tensor();
     if dims.nk == 0 || dims.nq == 0 || dims.batch * dims.heads == 0 {
         // No query row or no key: every gradient is zero.
-        let dbias = bias.map(|b| Tensor::zeros(b.shape(), DType::F32));
         return Ok((
             Tensor::zeros(q.shape(), DType::F32),
             Tensor::zeros(k.shape(), DType::F32),
             Tensor::zeros(v.shape(), DType::F32),
-            dbias,
+            bias_tensor.map(|b| Tensor::zeros(b.shape(), DType::F32)),
         ));
     }
+    let scale = dims.scale();
+    let padded = Padded::new(dims, [q, k, v, saved.out, saved.dout])?;
+    let [q, k, v, out, dout] = padded.inputs();
+    let dims = &padded.dims;
     let dq = Tensor::empty(q.shape(), DType::F32);
-    let dk = Tensor::empty(k.shape(), DType::F32);
-    let dv = Tensor::empty(v.shape(), DType::F32);
-    let delta = Tensor::empty(lse.shape(), DType::F32);
-    let dbias = bias.map(|b| Tensor::empty(b.shape(), DType::F32));
-    // Without a bias the dK/dV kernel still binds a gradient buffer, which it never writes.
+    // With a key list the kernel writes only the rows of kept keys; the others stay zero.
+    let (dk, dv) = if key_list.is_some() {
+        (
+            Tensor::zeros(k.shape(), DType::F32),
+            Tensor::zeros(v.shape(), DType::F32),
+        )
+    } else {
+        (
+            Tensor::empty(k.shape(), DType::F32),
+            Tensor::empty(v.shape(), DType::F32),
+        )
+    };
+    let delta = Tensor::empty(saved.lse.shape(), DType::F32);
+    let dbias = bias_tensor.map(|b| Tensor::empty(b.shape(), DType::F32));
+    // Stand-ins for a missing key list and bias gradient, which the kernels never touch.
+    let no_list = Tensor::zeros(&[1], DType::U32);
+    let list = key_list.map_or(&no_list, |l| l.tensor);
     let scratch = Tensor::empty(&[1], DType::F32);
+    let slots = key_list.map_or(dims.nk, |l| l.max_count);
 
     let gpu = gpu::get();
-    let block = rows_per_workgroup();
-    let chunks = batch_chunks(OP, dims.batch, &item_elements(&dims, layout.as_ref()))?;
+    let chunks = batch_chunks(op, dims.batch, &item_elements(dims, &bias))?;
     for (chunk, items) in chunks.iter().enumerate() {
-        let mut p = base_params(&dims, cfg, layout.as_ref());
+        let mut p = base_params(dims, scale, cfg, &bias, key_list.is_some());
         let (q_bind, q_off) = window(q, dims.q_item(), items);
         let (k_bind, k_off) = window(k, dims.k_item(), items);
         let (v_bind, _) = window(v, dims.k_item(), items);
@@ -188,53 +313,106 @@ pub fn attention_dense_backward(
         let (dq_bind, _) = window(&dq, dims.q_item(), items);
         let (dk_bind, _) = window(&dk, dims.k_item(), items);
         let (dv_bind, _) = window(&dv, dims.k_item(), items);
-        let (lse_bind, row_off) = window(lse, dims.row_item(), items);
+        let (lse_bind, row_off) = window(saved.lse, dims.row_item(), items);
         let (delta_bind, _) = window(&delta, dims.row_item(), items);
-        let (bias_bind, bias_off) = bias_window(bias, layout.as_ref(), q, items);
-        let dbias_bind = match (&dbias, &layout) {
-            (Some(t), Some(l)) => match l.item() {
-                Some(item) => window(t, item, items).0,
-                None => whole(t),
-            },
-            _ => whole(&scratch),
+        let (bias_bind, bias_off) = match bias_tensor {
+            Some(t) => bias.bind(t, items),
+            None => (q_bind, 0),
         };
-        (p.q_off, p.k_off, p.row_off, p.bias_off) = (q_off, k_off, row_off, bias_off);
+        let dbias_bind = match &dbias {
+            Some(t) => bias.bind(t, items).0,
+            None => whole(&scratch),
+        };
+        (p.q_off, p.k_off, p.row_off, p.bias_off) = (q_off / 4, k_off / 4, row_off, bias_off);
+        let list_bind = whole(list);
 
         gpu.dispatch(
             &shaders::ATTENTION_DENSE,
             "backward_dq",
-            &constants(dims.d),
+            &constants(),
             bytemuck::bytes_of(&p),
             &[
-                q_bind, k_bind, v_bind, bias_bind, out_bind, lse_bind, dout_bind, dq_bind, delta_bind,
+                q_bind, k_bind, v_bind, bias_bind, list_bind, out_bind, lse_bind, dout_bind, dq_bind, delta_bind,
             ],
-            [groups(dims.nq, block), dims.heads as u32, items.len() as u32],
+            [groups(dims.nq, block() * ROWS), dims.heads as u32, items.len() as u32],
         )?;
 
         // Batch items and heads that share a bias slice run in one invocation, which sums
         // their bias gradients.
-        if let Some(l) = &layout {
-            if l.shape[0] == 1 {
-                p.b_inner = items.len() as u32;
-                if chunk > 0 {
-                    p.flags |= ACCUMULATE_DBIAS;
-                }
+        let (batch_shared, heads_shared) = match &bias {
+            BiasArg::None => (false, false),
+            BiasArg::Dense(_, layout) => (layout.batch_broadcast(), layout.shape[1] == 1),
+            BiasArg::Entries(_) => (true, false),
+        };
+        if batch_shared {
+            p.b_inner = items.len() as u32;
+            if chunk > 0 {
+                p.flags |= ACCUMULATE_DBIAS;
             }
-            if l.shape[1] == 1 {
-                p.h_inner = dims.heads as u32;
-            }
+        }
+        if heads_shared {
+            p.h_inner = dims.heads as u32;
         }
         let slices = (items.len() / p.b_inner as usize) * (dims.heads / p.h_inner as usize);
         gpu.dispatch(
             &shaders::ATTENTION_DENSE,
             "backward_dkdv",
-            &constants(dims.d),
+            &constants(),
             bytemuck::bytes_of(&p),
             &[
-                q_bind, k_bind, v_bind, bias_bind, delta_bind, lse_bind, dout_bind, dk_bind, dv_bind, dbias_bind,
+                q_bind, k_bind, v_bind, bias_bind, list_bind, delta_bind, lse_bind, dout_bind, dk_bind, dv_bind,
+                dbias_bind,
             ],
-            [groups(dims.nk, block), slices as u32, 1],
+            [groups(slots, block() * ROWS), slices as u32, 1],
         )?;
     }
-    Ok((dq, dk, dv, dbias))
+    Ok((padded.crop(dq)?, padded.crop(dk)?, padded.crop(dv)?, dbias))
+}
+
+/// Inputs of the fused kernels with the head width padded to a multiple of 4, because they
+/// read rows as vec4. Widths that are multiples of 4 pass through without a copy.
+pub(super) struct Padded<'t, const N: usize> {
+    pub dims: Dims,
+    /// The real head width.
+    width: usize,
+    inputs: [&'t Tensor; N],
+    copies: Option<Vec<Tensor>>,
+}
+
+impl<'t, const N: usize> Padded<'t, N> {
+    pub fn new(dims: &Dims, inputs: [&'t Tensor; N]) -> Result<Self> {
+        let padded = dims.d.next_multiple_of(4);
+        let copies = if padded == dims.d {
+            None
+        } else {
+            Some(
+                inputs
+                    .iter()
+                    .map(|t| super::copy_rows(t, padded))
+                    .collect::<Result<Vec<_>>>()?,
+            )
+        };
+        Ok(Padded {
+            dims: Dims { d: padded, ..*dims },
+            width: dims.d,
+            inputs,
+            copies,
+        })
+    }
+
+    pub fn inputs(&self) -> [&Tensor; N] {
+        match &self.copies {
+            Some(copies) => std::array::from_fn(|i| &copies[i]),
+            None => self.inputs,
+        }
+    }
+
+    /// Cuts a result computed at the padded width back to the real head width.
+    pub fn crop(&self, t: Tensor) -> Result<Tensor> {
+        if self.copies.is_some() {
+            super::copy_rows(&t, self.width)
+        } else {
+            Ok(t)
+        }
+    }
 }

@@ -1,336 +1,110 @@
-//! Key-gathered sparse attention over a pruning [`Pattern`]: each query row reads only its
-//! kept keys, so work is O(nnz d) and memory O(nnz), never O(Nq Nk). Kernels in
-//! `shaders/attention_csr.wgsl` and `shaders/attention_csr_backward.wgsl`.
+//! Key-gathered sparse attention over a pruning [`Pattern`]: only kept entries are scored and
+//! only kept keys are read, in O(nnz d) work and O(nnz) memory. Keys-only patterns run on the
+//! fused dense kernels restricted to their key lists; other patterns on the row kernels of
+//! attention_gathered.wgsl.
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{AttentionConfig, LogitKernel, MAX_HEAD_WIDTH};
+use super::dense::{BiasArg, KeyList, Padded, Saved, block, check_binding, fused_backward, fused_forward};
+use super::{
+    ACCUMULATE_DBIAS, AttentionConfig, CAUSAL, Dims, GAUSSIAN, HAS_BIAS, LogitKernel, Pattern, batch_chunks,
+    expect_shape, whole, window,
+};
 use crate::error::{Error, Result};
 use crate::gpu;
+use crate::ops::groups;
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
 
-/// Which attention entries a pruned layer keeps, per head, in CSR form. Row `i` of head `h`
-/// owns `key_index[row_offsets[h * (nq + 1) + i] .. row_offsets[h * (nq + 1) + i + 1]]`, keys
-/// ascending; offsets count across heads. The transposed pattern (entries by key) is kept
-/// too, for the backward of the keys and values.
-pub struct Pattern {
-    heads: usize,
-    nq: usize,
-    nk: usize,
-    row_offsets: Vec<u32>,
-    key_index: Vec<u32>,
-    gpu_row_offsets: Tensor,
-    gpu_key_index: Tensor,
-    /// Entries by key: offsets [H, Nk + 1], query rows [nnz] and entry indices [nnz].
-    gpu_col_offsets: Tensor,
-    gpu_col_rows: Tensor,
-    gpu_col_entries: Tensor,
-}
-
-impl std::fmt::Debug for Pattern {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Pattern(heads {}, {} x {}, nnz {})",
-            self.heads,
-            self.nq,
-            self.nk,
-            self.nnz()
-        )
-    }
-}
-
-impl Pattern {
-    /// Validates and uploads a CSR pattern: offsets [H, Nq + 1] non-decreasing and ending at
-    /// the key count, keys below `nk` and ascending within a row. An empty row is allowed;
-    /// it attends to nothing and returns zeros.
-    pub fn from_csr(heads: usize, nq: usize, nk: usize, row_offsets: Vec<u32>, key_index: Vec<u32>) -> Result<Pattern> {
-        const OP: &str = "Pattern::from_csr";
-        if row_offsets.len() != heads * (nq + 1) {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "row_offsets has {} entries, expected H * (Nq + 1) = {}",
-                    row_offsets.len(),
-                    heads * (nq + 1)
-                ),
-            ));
-        }
-        let mut previous_end = 0u32;
-        for h in 0..heads {
-            let rows = &row_offsets[h * (nq + 1)..(h + 1) * (nq + 1)];
-            if rows[0] != previous_end {
-                return Err(Error::shape(
-                    OP,
-                    format!(
-                        "head {h} starts at offset {} but head {} ended at {previous_end}",
-                        rows[0],
-                        h.saturating_sub(1)
-                    ),
-                ));
-            }
-            for i in 0..nq {
-                let (start, end) = (rows[i] as usize, rows[i + 1] as usize);
-                if end < start || end > key_index.len() {
-                    return Err(Error::shape(
-                        OP,
-                        format!(
-                            "head {h} row {i}: offsets {start}..{end} are invalid for {} keys",
-                            key_index.len()
-                        ),
-                    ));
-                }
-                let keys = &key_index[start..end];
-                if let Some(&bad) = keys.iter().find(|&&j| j as usize >= nk) {
-                    return Err(Error::shape(
-                        OP,
-                        format!("head {h} row {i}: key {bad} is not below Nk = {nk}"),
-                    ));
-                }
-                if keys.windows(2).any(|w| w[0] >= w[1]) {
-                    return Err(Error::shape(
-                        OP,
-                        format!("head {h} row {i}: keys are not strictly ascending"),
-                    ));
-                }
-            }
-            previous_end = rows[nq];
-        }
-        if previous_end as usize != key_index.len() {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "offsets end at {previous_end} but key_index has {} entries",
-                    key_index.len()
-                ),
-            ));
-        }
-
-        // The transposed pattern, entries grouped by key in row order.
-        let mut col_counts = vec![0u32; heads * nk];
-        for h in 0..heads {
-            let (start, end) = (
-                row_offsets[h * (nq + 1)] as usize,
-                row_offsets[h * (nq + 1) + nq] as usize,
-            );
-            for &j in &key_index[start..end] {
-                col_counts[h * nk + j as usize] += 1;
-            }
-        }
-        let mut col_offsets = Vec::with_capacity(heads * (nk + 1));
-        let mut running = 0u32;
-        for h in 0..heads {
-            for j in 0..nk {
-                col_offsets.push(running);
-                running += col_counts[h * nk + j];
-            }
-            col_offsets.push(running);
-        }
-        let mut fill: Vec<u32> = (0..heads)
-            .flat_map(|h| (0..nk).map(move |j| (h, j)))
-            .map(|(h, j)| col_offsets[h * (nk + 1) + j])
-            .collect();
-        let mut col_rows = vec![0u32; key_index.len()];
-        let mut col_entries = vec![0u32; key_index.len()];
-        for h in 0..heads {
-            for i in 0..nq {
-                let (start, end) = (
-                    row_offsets[h * (nq + 1) + i] as usize,
-                    row_offsets[h * (nq + 1) + i + 1] as usize,
-                );
-                for (e, &j) in key_index.iter().enumerate().take(end).skip(start) {
-                    let slot = &mut fill[h * nk + j as usize];
-                    col_rows[*slot as usize] = i as u32;
-                    col_entries[*slot as usize] = e as u32;
-                    *slot += 1;
-                }
-            }
-        }
-
-        // An empty pattern still needs a non-empty buffer to bind.
-        let upload = |values: &[u32]| -> Result<Tensor> {
-            if values.is_empty() {
-                Tensor::from_u32(&[1], &[0])
-            } else {
-                Tensor::from_u32(&[values.len()], values)
-            }
-        };
-        Ok(Pattern {
-            gpu_row_offsets: upload(&row_offsets)?,
-            gpu_key_index: upload(&key_index)?,
-            gpu_col_offsets: upload(&col_offsets)?,
-            gpu_col_rows: upload(&col_rows)?,
-            gpu_col_entries: upload(&col_entries)?,
-            heads,
-            nq,
-            nk,
-            row_offsets,
-            key_index,
-        })
-    }
-
-    /// A keys-only pattern: every query row of head h keeps the keys `kept[h]`.
-    pub fn keys_only(heads: usize, nq: usize, nk: usize, kept: Vec<Vec<u32>>) -> Result<Pattern> {
-        if kept.len() != heads {
-            return Err(Error::shape(
-                "Pattern::keys_only",
-                format!("{} key lists for {heads} heads", kept.len()),
-            ));
-        }
-        let mut offsets = Vec::with_capacity(heads * (nq + 1));
-        let mut keys = Vec::new();
-        for list in &kept {
-            let mut sorted = list.clone();
-            sorted.sort_unstable();
-            sorted.dedup();
-            for _ in 0..nq {
-                offsets.push(keys.len() as u32);
-                keys.extend_from_slice(&sorted);
-            }
-            offsets.push(keys.len() as u32);
-        }
-        Pattern::from_csr(heads, nq, nk, offsets, keys)
-    }
-
-    /// Every entry kept (every visible entry when `causal`).
-    pub fn dense(heads: usize, nq: usize, nk: usize, causal: bool) -> Result<Pattern> {
-        let mut offsets = Vec::with_capacity(heads * (nq + 1));
-        let mut keys = Vec::new();
-        for _ in 0..heads {
-            for i in 0..nq {
-                offsets.push(keys.len() as u32);
-                let visible = if causal { (i + 1).min(nk) } else { nk };
-                keys.extend(0..visible as u32);
-            }
-            offsets.push(keys.len() as u32);
-        }
-        Pattern::from_csr(heads, nq, nk, offsets, keys)
-    }
-
-    pub fn heads(&self) -> usize {
-        self.heads
-    }
-
-    pub fn nq(&self) -> usize {
-        self.nq
-    }
-
-    pub fn nk(&self) -> usize {
-        self.nk
-    }
-
-    /// Number of kept entries over all heads.
-    pub fn nnz(&self) -> usize {
-        self.key_index.len()
-    }
-
-    /// Kept entries over all Nq x Nk entries of all heads.
-    pub fn kept_fraction(&self) -> f64 {
-        self.nnz() as f64 / (self.heads * self.nq * self.nk).max(1) as f64
-    }
-
-    pub fn row_offsets(&self) -> &[u32] {
-        &self.row_offsets
-    }
-
-    pub fn key_index(&self) -> &[u32] {
-        &self.key_index
-    }
-}
-
+/// The uniform block of the row kernels (`Params` in attention_gathered.wgsl).
 #[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    batch: u32,
+#[derive(Clone, Copy, Default, Pod, Zeroable)]
+struct RowParams {
     heads: u32,
     nq: u32,
     nk: u32,
-    d: u32,
     flags: u32,
+    nnz: u32,
     scale: f32,
-    pad: u32,
+    q_off: u32,
+    k_off: u32,
+    row_off: u32,
+    b_inner: u32,
+    d4: u32,
+    pad: [u32; 5],
 }
 
-/// Shapes of q [B, H, Nq, d] and k, v [B, H, Nk, d] against the pattern.
-fn check(
-    op: &'static str,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    pattern: &Pattern,
-    bias: Option<&Tensor>,
-) -> Result<(usize, usize)> {
-    let (qs, ks) = (q.shape(), k.shape());
-    if qs.len() != 4 || ks.len() != 4 || v.shape() != ks || qs[0] != ks[0] || qs[1] != ks[1] || qs[3] != ks[3] {
+/// Checks that the pattern and the per-entry bias fit the sizes.
+fn check_pattern(op: &'static str, dims: &Dims, pattern: &Pattern, bias: Option<&Tensor>) -> Result<()> {
+    if (pattern.heads(), pattern.nq(), pattern.nk()) != (dims.heads, dims.nq, dims.nk) {
         return Err(Error::shape(
             op,
             format!(
-                "q {qs:?}, k {ks:?} and v {:?} must be [B, H, N, d] with equal B, H and d",
-                v.shape()
+                "pattern of {} heads, {} queries and {} keys does not fit H = {}, Nq = {}, Nk = {}",
+                pattern.heads(),
+                pattern.nq(),
+                pattern.nk(),
+                dims.heads,
+                dims.nq,
+                dims.nk
             ),
         ));
     }
-    if qs[1] != pattern.heads || qs[2] != pattern.nq || ks[2] != pattern.nk {
-        return Err(Error::shape(
-            op,
-            format!("q {qs:?} and k {ks:?} do not fit the {pattern:?}"),
-        ));
+    if let Some(bias) = bias {
+        expect_shape(op, "bias", bias, &[pattern.nnz()])?;
+        check_binding(op, "bias", bias, true)?;
     }
-    if qs[3] == 0 || qs[3] > MAX_HEAD_WIDTH {
-        return Err(Error::shape(
-            op,
-            format!("head width {} is outside 1..={MAX_HEAD_WIDTH}", qs[3]),
-        ));
-    }
-    if let Some(b) = bias
-        && b.numel() != pattern.nnz()
-    {
-        return Err(Error::shape(
-            op,
-            format!(
-                "bias {:?} needs one value per kept entry ({})",
-                b.shape(),
-                pattern.nnz()
-            ),
-        ));
-    }
-    for t in [q, k, v] {
-        if t.byte_len() > gpu::get().max_binding_bytes() {
-            return Err(Error::shape(
-                op,
-                format!("tensor {:?} exceeds one storage binding; split the batch", t.shape()),
-            ));
-        }
-    }
-    Ok((qs[0], qs[3]))
+    Ok(())
 }
 
-fn params(batch: usize, d: usize, pattern: &Pattern, cfg: &AttentionConfig, has_bias: bool) -> Params {
+fn bias_arg(bias: Option<&Tensor>) -> BiasArg<'_> {
+    bias.map_or(BiasArg::None, BiasArg::Entries)
+}
+
+fn key_list(pattern: &Pattern) -> Option<KeyList<'_>> {
+    pattern
+        .shared_keys_tensor()
+        .map(|(tensor, max_count)| KeyList { tensor, max_count })
+}
+
+fn row_params(dims: &Dims, scale: f32, cfg: &AttentionConfig, pattern: &Pattern, with_bias: bool) -> RowParams {
     let mut flags = 0;
     if cfg.causal {
-        flags |= 1;
+        flags |= CAUSAL;
     }
     if cfg.logits == LogitKernel::Gaussian {
-        flags |= 2;
+        flags |= GAUSSIAN;
     }
-    if has_bias {
-        flags |= 4;
+    if with_bias {
+        flags |= HAS_BIAS;
     }
-    Params {
-        batch: batch as u32,
-        heads: pattern.heads as u32,
-        nq: pattern.nq as u32,
-        nk: pattern.nk as u32,
-        d: d as u32,
+    RowParams {
+        heads: dims.heads as u32,
+        nq: dims.nq as u32,
+        nk: dims.nk as u32,
         flags,
-        scale: 1.0 / (d as f32).sqrt(),
-        pad: 0,
+        nnz: pattern.nnz() as u32,
+        scale,
+        b_inner: 1,
+        d4: (dims.d / 4) as u32,
+        ..RowParams::default()
     }
 }
 
-/// Attention of q [B, H, Nq, d] over the kept keys of k, v [B, H, Nk, d], with an optional
-/// bias per kept entry [nnz] shared by the batch. Returns (out [B, H, Nq, d], lse [B, H, Nq]).
+fn constants() -> [(&'static str, f64); 1] {
+    [("BLOCK", (block() * 2) as f64)]
+}
+
+/// Invocations per workgroup of the row kernels, each owning one query or key row.
+fn rows_per_workgroup() -> usize {
+    block() * 2
+}
+
+/// Sparse attention forward over the kept entries of `pattern`.
+///
+/// Shapes: q [B, H, Nq, d], k and v [B, H, Nk, d], bias [nnz] per kept entry in the pattern's
+/// order, shared by the batch. Returns out [B, H, Nq, d] and lse [B, H, Nq]. With `cfg.causal`
+/// a kept key j > i is masked as well. Rows without a visible entry return zeros.
 pub fn attention_gathered(
     q: &Tensor,
     k: &Tensor,
@@ -339,35 +113,67 @@ pub fn attention_gathered(
     bias: Option<&Tensor>,
     cfg: &AttentionConfig,
 ) -> Result<(Tensor, Tensor)> {
-    let (batch, d) = check("attention_gathered", q, k, v, pattern, bias)?;
-    let out = Tensor::empty(q.shape(), DType::F32);
-    let lse = Tensor::empty(&[batch, pattern.heads, pattern.nq], DType::F32);
-    if q.numel() == 0 {
-        return Ok((out, lse));
+    const OP: &str = "attention_gathered";
+    let dims = Dims::of(OP, q, k, v)?;
+    check_pattern(OP, &dims, pattern, bias)?;
+    if let Some(list) = key_list(pattern) {
+        return fused_forward(OP, q, k, v, bias_arg(bias), Some(list), &dims, cfg);
     }
-    let p = params(batch, d, pattern, cfg, bias.is_some());
-    let bias_bind = bias.unwrap_or(q);
-    gpu::get().dispatch(
-        &shaders::ATTENTION_CSR,
-        "forward",
-        &[],
-        bytemuck::bytes_of(&p),
-        &[
-            q.bind(),
-            k.bind(),
-            v.bind(),
-            pattern.gpu_row_offsets.bind(),
-            pattern.gpu_key_index.bind(),
-            bias_bind.bind(),
-            out.bind(),
-            lse.bind(),
-        ],
-        [crate::ops::groups(pattern.nq, 64), pattern.heads as u32, batch as u32],
-    )?;
-    Ok((out, lse))
+
+    let lse_shape = [dims.batch, dims.heads, dims.nq];
+    if dims.nk == 0 || q.numel() == 0 {
+        return Ok((
+            Tensor::zeros(q.shape(), DType::F32),
+            Tensor::zeros(&lse_shape, DType::F32),
+        ));
+    }
+    let scale = dims.scale();
+    let padded = Padded::new(&dims, [q, k, v])?;
+    let [q, k, v] = padded.inputs();
+    let dims = &padded.dims;
+    let out = Tensor::empty(q.shape(), DType::F32);
+    let lse = Tensor::empty(&lse_shape, DType::F32);
+
+    let gpu = gpu::get();
+    let items_elements = [dims.q_item(), dims.k_item(), dims.row_item()];
+    for items in batch_chunks(OP, dims.batch, &items_elements)? {
+        let mut p = row_params(dims, scale, cfg, pattern, bias.is_some());
+        let (q_bind, q_off) = window(q, dims.q_item(), &items);
+        let (k_bind, k_off) = window(k, dims.k_item(), &items);
+        let (v_bind, _) = window(v, dims.k_item(), &items);
+        let (out_bind, _) = window(&out, dims.q_item(), &items);
+        let (lse_bind, row_off) = window(&lse, dims.row_item(), &items);
+        let bias_bind = bias.map_or(q_bind, whole);
+        (p.q_off, p.k_off, p.row_off) = (q_off / 4, k_off / 4, row_off);
+        gpu.dispatch(
+            &shaders::ATTENTION_GATHERED,
+            "forward_rows",
+            &constants(),
+            bytemuck::bytes_of(&p),
+            &[
+                q_bind,
+                k_bind,
+                v_bind,
+                bias_bind,
+                whole(pattern.row_offsets_tensor()),
+                whole(pattern.key_index_tensor()),
+                out_bind,
+                lse_bind,
+            ],
+            [
+                groups(dims.nq, rows_per_workgroup()),
+                dims.heads as u32,
+                items.len() as u32,
+            ],
+        )?;
+    }
+    Ok((padded.crop(out)?, lse))
 }
 
-/// Gradients of [`attention_gathered`]: (dq, dk, dv, dbias [nnz] summed over the batch).
+/// Sparse attention backward from the forward's `out` and `lse`.
+///
+/// Shapes as in [`attention_gathered`], with dout like out. Returns dq, dk, dv and, when a bias
+/// was given, its gradient [nnz] summed over the batch. Keys no row keeps get zero dk and dv.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_gathered_backward(
     q: &Tensor,
@@ -380,75 +186,116 @@ pub fn attention_gathered_backward(
     dout: &Tensor,
     cfg: &AttentionConfig,
 ) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
-    let (batch, d) = check("attention_gathered_backward", q, k, v, pattern, bias)?;
-    if out.shape() != q.shape() || dout.shape() != q.shape() || lse.numel() != batch * pattern.heads * pattern.nq {
-        return Err(Error::shape(
-            "attention_gathered_backward",
-            format!(
-                "out {:?}, dout {:?} and lse {:?} do not fit q {:?}",
-                out.shape(),
-                dout.shape(),
-                lse.shape(),
-                q.shape()
-            ),
+    const OP: &str = "attention_gathered_backward";
+    let dims = Dims::of(OP, q, k, v)?;
+    check_pattern(OP, &dims, pattern, bias)?;
+    let saved = Saved { out, lse, dout };
+    if let Some(list) = key_list(pattern) {
+        return fused_backward(OP, q, k, v, bias_arg(bias), Some(list), saved, &dims, cfg);
+    }
+
+    expect_shape(OP, "out", out, q.shape())?;
+    expect_shape(OP, "dout", dout, q.shape())?;
+    expect_shape(OP, "lse", lse, &[dims.batch, dims.heads, dims.nq])?;
+    if dims.nk == 0 || dims.nq == 0 || dims.batch * dims.heads == 0 || pattern.nnz() == 0 {
+        // No kept entry: every gradient is zero.
+        return Ok((
+            Tensor::zeros(q.shape(), DType::F32),
+            Tensor::zeros(k.shape(), DType::F32),
+            Tensor::zeros(v.shape(), DType::F32),
+            bias.map(|b| Tensor::zeros(b.shape(), DType::F32)),
         ));
     }
+
+    let scale = dims.scale();
+    let padded = Padded::new(&dims, [q, k, v, out, dout])?;
+    let [q, k, v, out, dout] = padded.inputs();
+    let dims = &padded.dims;
     let dq = Tensor::empty(q.shape(), DType::F32);
     let dk = Tensor::empty(k.shape(), DType::F32);
     let dv = Tensor::empty(v.shape(), DType::F32);
-    let delta = Tensor::empty(&[batch, pattern.heads, pattern.nq], DType::F32);
-    let dbias = Tensor::empty(&[pattern.nnz().max(1)], DType::F32);
-    if q.numel() == 0 {
-        return Ok((dq, dk, dv, bias.map(|_| dbias)));
-    }
-    let p = params(batch, d, pattern, cfg, bias.is_some());
-    let bias_bind = bias.unwrap_or(q);
-    let gpu = gpu::get();
+    let delta = Tensor::empty(lse.shape(), DType::F32);
+    let dbias = bias.map(|b| Tensor::empty(b.shape(), DType::F32));
+    // Stands in for a missing bias gradient, which the kernel never writes.
+    let scratch = Tensor::empty(&[1], DType::F32);
 
-    // pass 1: dq, delta and dbias by query row.
-    gpu.dispatch(
-        &shaders::ATTENTION_CSR_BACKWARD,
-        "backward_dq",
-        &[],
-        bytemuck::bytes_of(&p),
-        &[
-            q.bind(),
-            k.bind(),
-            v.bind(),
-            pattern.gpu_row_offsets.bind(),
-            pattern.gpu_key_index.bind(),
-            bias_bind.bind(),
-            out.bind(),
-            lse.bind(),
-            dout.bind(),
-            dq.bind(),
-            delta.bind(),
-            dbias.bind(),
-        ],
-        [crate::ops::groups(pattern.nq, 64), pattern.heads as u32, 1],
-    )?;
-    // pass 2: dk and dv by key, over the transposed pattern.
-    gpu.dispatch(
-        &shaders::ATTENTION_CSR_BACKWARD,
-        "backward_dkdv",
-        &[],
-        bytemuck::bytes_of(&p),
-        &[
-            q.bind(),
-            k.bind(),
-            v.bind(),
-            pattern.gpu_col_offsets.bind(),
-            pattern.gpu_col_rows.bind(),
-            bias_bind.bind(),
-            pattern.gpu_col_entries.bind(),
-            lse.bind(),
-            dout.bind(),
-            dk.bind(),
-            dv.bind(),
-            delta.bind(),
-        ],
-        [crate::ops::groups(pattern.nk, 64), pattern.heads as u32, batch as u32],
-    )?;
-    let dbias = bias.map(|b| dbias.reshape(b.shape()).unwrap_or(dbias));
-    Ok((dq, dk, dv, dbias))
+    let gpu = gpu::get();
+    let items_elements = [dims.q_item(), dims.k_item(), dims.row_item()];
+    let chunks = batch_chunks(OP, dims.batch, &items_elements)?;
+    for (chunk, items) in chunks.iter().enumerate() {
+        let mut p = row_params(dims, scale, cfg, pattern, bias.is_some());
+        let (q_bind, q_off) = window(q, dims.q_item(), items);
+        let (k_bind, k_off) = window(k, dims.k_item(), items);
+        let (v_bind, _) = window(v, dims.k_item(), items);
+        let (out_bind, _) = window(out, dims.q_item(), items);
+        let (dout_bind, _) = window(dout, dims.q_item(), items);
+        let (dq_bind, _) = window(&dq, dims.q_item(), items);
+        let (dk_bind, _) = window(&dk, dims.k_item(), items);
+        let (dv_bind, _) = window(&dv, dims.k_item(), items);
+        let (lse_bind, row_off) = window(lse, dims.row_item(), items);
+        let (delta_bind, _) = window(&delta, dims.row_item(), items);
+        let bias_bind = bias.map_or(q_bind, whole);
+        let dbias_bind = whole(dbias.as_ref().unwrap_or(&scratch));
+        (p.q_off, p.k_off, p.row_off) = (q_off / 4, k_off / 4, row_off);
+
+        // The batch items of a chunk run in one invocation per row, which sums their bias
+        // gradients; a later chunk adds to the earlier ones.
+        let mut dq_params = p;
+        if bias.is_some() {
+            dq_params.b_inner = items.len() as u32;
+            if chunk > 0 {
+                dq_params.flags |= ACCUMULATE_DBIAS;
+            }
+        }
+        gpu.dispatch(
+            &shaders::ATTENTION_GATHERED,
+            "backward_dq_rows",
+            &constants(),
+            bytemuck::bytes_of(&dq_params),
+            &[
+                q_bind,
+                k_bind,
+                v_bind,
+                bias_bind,
+                whole(pattern.row_offsets_tensor()),
+                whole(pattern.key_index_tensor()),
+                out_bind,
+                lse_bind,
+                dout_bind,
+                dq_bind,
+                delta_bind,
+                dbias_bind,
+            ],
+            [
+                groups(dims.nq, rows_per_workgroup()),
+                dims.heads as u32,
+                (items.len() / dq_params.b_inner as usize) as u32,
+            ],
+        )?;
+
+        gpu.dispatch(
+            &shaders::ATTENTION_GATHERED,
+            "backward_dkdv_rows",
+            &constants(),
+            bytemuck::bytes_of(&p),
+            &[
+                q_bind,
+                k_bind,
+                v_bind,
+                bias_bind,
+                whole(pattern.transposed_tensor()),
+                lse_bind,
+                delta_bind,
+                dout_bind,
+                dk_bind,
+                dv_bind,
+            ],
+            [
+                groups(dims.nk, rows_per_workgroup()),
+                dims.heads as u32,
+                items.len() as u32,
+            ],
+        )?;
+    }
+    Ok((padded.crop(dq)?, padded.crop(dk)?, padded.crop(dv)?, dbias))
 }

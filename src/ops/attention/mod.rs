@@ -18,18 +18,21 @@
 
 mod dense;
 mod gathered;
+mod pattern;
 mod unfused;
 
 use std::ops::Range;
 
 pub use dense::{attention_dense, attention_dense_backward};
-pub use gathered::{Pattern, attention_gathered, attention_gathered_backward};
+pub use gathered::{attention_gathered, attention_gathered_backward};
+pub use pattern::Pattern;
 pub use unfused::{attention_unfused, attention_unfused_backward};
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{self, Binding};
+use crate::shaders;
 use crate::tensor::{DType, Tensor};
 
 /// Function that turns a query and a key into an attention score.
@@ -49,15 +52,12 @@ pub struct AttentionConfig {
     pub logits: LogitKernel,
 }
 
-/// Largest head width of the fused and gathered kernels, which hold a few rows of this width
-/// in registers per invocation (`MAX_D` in their shaders).
-pub const MAX_HEAD_WIDTH: usize = 128;
-
 // Flags of the kernels' `Params.flags`, as in the shaders.
 const CAUSAL: u32 = 1;
 const GAUSSIAN: u32 = 2;
 const HAS_BIAS: u32 = 4;
 const ACCUMULATE_DBIAS: u32 = 8;
+const KEY_LIST: u32 = 16;
 
 /// The uniform block of every attention kernel (`Params` in the shaders).
 #[repr(C)]
@@ -77,8 +77,9 @@ struct Params {
     bias_off: u32,
     b_inner: u32,
     h_inner: u32,
-    aux0: u32,
-    aux1: u32,
+    /// Head width in vec4 (fused kernels) and in elements (unfused helpers).
+    d4: u32,
+    d: u32,
 }
 
 /// Sizes of one attention call: q [B, H, Nq, d], k and v [B, H, Nk, d].
@@ -142,20 +143,6 @@ impl Dims {
     /// Elements of one batch item of lse.
     fn row_item(&self) -> usize {
         self.heads * self.nq
-    }
-
-    /// Rejects head widths the register arrays of the fused kernels cannot hold.
-    fn check_head_width(&self, op: &'static str) -> Result<()> {
-        if self.d > MAX_HEAD_WIDTH {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "head width {} exceeds the {MAX_HEAD_WIDTH} the fused kernels support; use attention_unfused",
-                    self.d
-                ),
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -221,22 +208,6 @@ impl BiasLayout {
     }
 }
 
-/// Invocations per workgroup of the row kernels, each owning one query (or key) row. CPU
-/// adapters such as lavapipe run a workgroup as a loop over SIMD groups, so smaller blocks
-/// waste less on causal masks and ragged ends; GPUs want more threads to hide latency.
-fn rows_per_workgroup() -> usize {
-    if gpu::get().info.device_type == wgpu::DeviceType::Cpu {
-        32
-    } else {
-        64
-    }
-}
-
-/// Override constants of a kernel specialised for head width `d`.
-fn constants(d: usize) -> [(&'static str, f64); 2] {
-    [("D", d as f64), ("BLOCK", rows_per_workgroup() as f64)]
-}
-
 /// Splits `batch` items into ranges whose windows fit one storage binding, given the elements
 /// per batch item of every tensor that is bound per batch range. Usually one range.
 fn batch_chunks(op: &'static str, batch: usize, item_elements: &[usize]) -> Result<Vec<Range<usize>>> {
@@ -264,6 +235,48 @@ fn batch_chunks(op: &'static str, batch: usize, item_elements: &[usize]) -> Resu
 /// returns the binding and the element offset of the range's start inside it.
 fn window<'t>(t: &'t Tensor, item: usize, items: &Range<usize>) -> (Binding<'t>, u32) {
     t.bind_window(items.start * item, items.len() * item)
+}
+
+/// Returns a copy of `t` [..., w] with rows of `width` elements: cut, or padded with zeros.
+fn copy_rows(t: &Tensor, width: usize) -> Result<Tensor> {
+    let src_width = t.dim(-1);
+    let rows = t.numel() / src_width.max(1);
+    let mut shape = t.shape().to_vec();
+    *shape.last_mut().expect("rank >= 1") = width;
+    let out = Tensor::empty(&shape, DType::F32);
+    if out.numel() == 0 {
+        return Ok(out);
+    }
+    let gpu = gpu::get();
+    let limit = (gpu.max_binding_bytes() - gpu.binding_alignment()) as usize / 4;
+    let per_chunk = (limit / src_width.max(width)).max(1);
+    for first in (0..rows).step_by(per_chunk) {
+        let count = per_chunk.min(rows - first);
+        let (src, src_off) = t.bind_window(first * src_width, count * src_width);
+        let (dst, dst_off) = out.bind_window(first * width, count * width);
+        let params = Params {
+            q_off: src_off,
+            k_off: dst_off,
+            nq: count as u32,
+            nk: src_width as u32,
+            d: width as u32,
+            ..Params::default()
+        };
+        let grid_rows = count.min(65535);
+        gpu.dispatch(
+            &shaders::ATTENTION_DENSE,
+            "copy_rows",
+            &[],
+            bytemuck::bytes_of(&params),
+            &[src, dst],
+            [
+                crate::ops::groups(width, 64),
+                grid_rows as u32,
+                count.div_ceil(65535) as u32,
+            ],
+        )?;
+    }
+    Ok(out)
 }
 
 /// Binds a whole tensor that every batch range reads.

@@ -1,6 +1,6 @@
 //! The plain attention path: `P = softmax(scale * Q K^T + bias + mask)`, `O = P V`, with the
 //! probabilities kept for the backward and for inspection. It costs O(Nq Nk) memory and serves
-//! as the readable counterpart of the fused kernels, and for head widths they do not support.
+//! as the readable counterpart of the fused kernels.
 
 use super::{
     ACCUMULATE_DBIAS, AttentionConfig, BiasLayout, CAUSAL, Dims, GAUSSIAN, HAS_BIAS, LogitKernel, Params, batch_chunks,
@@ -29,14 +29,11 @@ fn base_params(dims: &Dims, cfg: &AttentionConfig) -> Params {
         nk: dims.nk as u32,
         flags,
         scale: dims.scale(),
+        d: dims.d as u32,
         b_inner: 1,
         h_inner: 1,
         ..Params::default()
     }
-}
-
-fn constants(d: usize) -> [(&'static str, f64); 1] {
-    [("D", d as f64)]
 }
 
 /// Attention through matmuls and an explicit softmax.
@@ -86,7 +83,7 @@ pub fn attention_unfused(
             gpu.dispatch(
                 &shaders::ATTENTION_DENSE,
                 "unfused_key_norms",
-                &constants(dims.d),
+                &[],
                 bytemuck::bytes_of(&p),
                 &[k_bind, norms_bind],
                 [groups(dims.nk, WORKGROUP), dims.heads as u32, items.len() as u32],
@@ -111,7 +108,7 @@ pub fn attention_unfused(
         gpu.dispatch(
             &shaders::ATTENTION_DENSE,
             "unfused_softmax",
-            &constants(dims.d),
+            &[],
             bytemuck::bytes_of(&p),
             &[probs_bind, bias_bind, norms_bind],
             grid,
@@ -167,7 +164,7 @@ pub fn attention_unfused_backward(
         gpu.dispatch(
             &shaders::ATTENTION_DENSE,
             "unfused_softmax_backward",
-            &constants(dims.d),
+            &[],
             bytemuck::bytes_of(&p),
             &[probs_bind, ds_bind],
             [groups(dims.nq, WORKGROUP), dims.heads as u32, items.len() as u32],
@@ -191,7 +188,7 @@ pub fn attention_unfused_backward(
             gpu.dispatch(
                 &shaders::ATTENTION_DENSE,
                 "unfused_gaussian_key_grad",
-                &constants(dims.d),
+                &[],
                 bytemuck::bytes_of(&p),
                 &[ds_bind, k_bind, dk_bind],
                 [groups(dims.nk, WORKGROUP), dims.heads as u32, items.len() as u32],
