@@ -8,7 +8,10 @@
 //   loss        = sum of row_loss over valid rows / count of valid rows (0 when none is valid)
 //   dlogits[r, c] = dloss / count * (softmax_c - (1 - eps) * [c == t] - eps / cols)
 //
-// Entry points and their bindings (binding 0 is always `p`):
+// Entry points and their bindings (binding 0 is always `p`). The row kernels come in two
+// variants: one workgroup per row (`cross_entropy`, `cross_entropy_backward`) for GPUs, and one
+// invocation per row (the same names + `_rows`) for CPU adapters, where barriers and workgroup
+// memory are slow. Both variants of a kernel have the same bindings.
 //   cross_entropy            1 logits [rows, cols] from off_logits, read; 2 targets [N] u32,
 //                            read; 3 lse [N], read_write; 4 row_loss [N], read_write.
 //                            Rows row0 .. row0 + rows of the N rows.
@@ -21,9 +24,11 @@
 // `cross_entropy_mean` and `cross_entropy_scale` run as one workgroup with `rows` = N and sum
 // in a fixed order, so the loss is deterministic.
 //
-// Grid of the row kernels: workgroup (x, y) handles row x + y * num_workgroups.x of the
+// Grid of the workgroup variant: workgroup (x, y) handles row x + y * num_workgroups.x of the
 // window. The forward walks a row in blocks of WG * CACHE columns held in registers, so each
 // logit is loaded once. WG must be a power of two.
+// Grid of the invocation variant: invocation (x + y * num_workgroups.x) * ROW_WG + lid handles
+// that row of the window and walks its columns serially, loading each logit once.
 
 struct Params {
     rows: u32,
@@ -39,6 +44,8 @@ struct Params {
 override WG: u32 = 256u;
 // Equal to ROW_CACHE in src/ops/softmax.rs, which sizes the workgroups.
 const CACHE: u32 = 32u;
+// Equal to ROW_WG in src/ops/softmax.rs, which sizes the grid of the invocation variant.
+const ROW_WG: u32 = 16u;
 // Stands in for -infinity: WGSL lets the compiler assume no infinities.
 const NEG_BIG: f32 = -3.0e38;
 
@@ -219,6 +226,81 @@ fn cross_entropy_backward(
     let off_target = (1.0 - p.smoothing) * scale;
     let off_uniform = p.smoothing / f32(p.cols) * scale;
     for (var c = lid; c < p.cols; c += WG) {
+        var g = 0.0;
+        if (valid) {
+            g = scale * exp(b_logits[base + c] - lse) - off_uniform;
+            if (c == t) {
+                g -= off_target;
+            }
+        }
+        dlogits[out_base + c] = g;
+    }
+}
+
+fn row_invocation(wid: vec3<u32>, groups: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * groups.x) * ROW_WG + lid;
+}
+
+@compute @workgroup_size(ROW_WG)
+fn cross_entropy_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let local_row = row_invocation(wid, groups, lid);
+    if (local_row >= p.rows) {
+        return;
+    }
+    let row = p.row0 + local_row;
+    let base = p.off_logits + local_row * p.cols;
+
+    // The running max m and sum s of exp(x - m), with one exp per column: a value above m
+    // rescales the sum by exp(m - v) and adds exp(v - v) = 1. The sum of the logits is kept
+    // relative to the first one, which keeps it precise when all logits share a large offset.
+    let first = logits[base];
+    var m = first;
+    var s = 0.0;
+    var sum_rel = 0.0;
+    for (var c = 0u; c < p.cols; c++) {
+        let v = logits[base + c];
+        let e = exp(-abs(v - m));
+        s = select(s + e, s * e + 1.0, v > m);
+        m = max(m, v);
+        sum_rel += v - first;
+    }
+
+    let log_sum = log(s);
+    lse_out[row] = m + log_sum;
+    let t = targets[row];
+    var loss = 0.0;
+    if (target_valid(t)) {
+        let nll = (m - logits[base + t]) + log_sum;
+        let uniform_nll = (m - first) + log_sum - sum_rel / f32(p.cols);
+        loss = (1.0 - p.smoothing) * nll + p.smoothing * uniform_nll;
+    }
+    row_loss[row] = loss;
+}
+
+@compute @workgroup_size(ROW_WG)
+fn cross_entropy_backward_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let local_row = row_invocation(wid, groups, lid);
+    if (local_row >= p.rows) {
+        return;
+    }
+    let row = p.row0 + local_row;
+    let base = p.off_logits + local_row * p.cols;
+    let out_base = p.off_dlogits + local_row * p.cols;
+    let t = b_targets[row];
+    let valid = target_valid(t);
+    let lse = b_lse[row];
+    let scale = select(0.0, b_scale[0], valid);
+    let off_target = (1.0 - p.smoothing) * scale;
+    let off_uniform = p.smoothing / f32(p.cols) * scale;
+    for (var c = 0u; c < p.cols; c++) {
         var g = 0.0;
         if (valid) {
             g = scale * exp(b_logits[base + c] - lse) - off_uniform;

@@ -22,10 +22,19 @@
 // and writes (or with `accumulate` adds) the sum: deterministic, without atomics. Ids without
 // positions get zeros.
 //
-// Grid: workgroup (x, y) handles position (gather) or window row (scatter) x + y *
-// num_workgroups.x; invocation `lid` handles columns lid + k * WG. The scatter keeps CACHE
-// columns of sums in registers, so each entry's position is loaded once per block of WG *
-// CACHE columns.
+// Two variants: `embedding` and `embedding_backward` spread a row over a workgroup, for GPUs.
+// `embedding_rows` and `embedding_backward_rows` give each row, or each chunk of CACHE columns
+// of a row, to one invocation, for CPU adapters, which run the lanes of a SIMD vector as
+// consecutive invocations. Both variants of a kernel have the same bindings.
+//
+// Grid of the workgroup variant: workgroup (x, y) handles position (gather) or window row
+// (scatter) x + y * num_workgroups.x, and invocation `lid` handles columns lid + k * WG. The
+// scatter keeps CACHE columns of sums in registers, so each entry's position is loaded once
+// per block of WG * CACHE columns.
+// Grid of the invocation variant: invocation i = (x + y * num_workgroups.x) * ROW_WG + lid. The
+// gather copies position i. The scatter sums columns chunk * CACHE .. chunk * CACHE + CACHE of
+// window row i / chunks, with chunk = i % chunks and chunks = ceil(dim / CACHE), so each
+// entry's position is loaded once per CACHE columns.
 
 struct GatherParams {
     positions: u32,
@@ -56,6 +65,8 @@ struct ScatterParams {
 override WG: u32 = 64u;
 // Equal to ROW_CACHE in src/ops/softmax.rs, which sizes the workgroups.
 const CACHE: u32 = 32u;
+// Equal to ROW_WG in src/ops/softmax.rs, which sizes the grid of the invocation variant.
+const ROW_WG: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> pg: GatherParams;
 @group(0) @binding(1) var<storage, read> table: array<f32>;
@@ -136,6 +147,81 @@ fn embedding_backward(
                 } else {
                     dtable[out_base + d] = acc[k];
                 }
+            }
+        }
+    }
+}
+
+fn row_invocation(wid: vec3<u32>, groups: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * groups.x) * ROW_WG + lid;
+}
+
+@compute @workgroup_size(ROW_WG)
+fn embedding_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let s = row_invocation(wid, groups, lid);
+    if (s >= pg.positions) {
+        return;
+    }
+    let id = ids[pg.off_ids + s];
+    let out_base = pg.off_out + s * pg.dim;
+    // Unsigned wrap-around: ids below row0 become large and fail the test.
+    let local_row = id - pg.row0;
+    if (local_row < pg.rows) {
+        let table_base = pg.off_table + local_row * pg.dim;
+        for (var d = 0u; d < pg.dim; d++) {
+            out[out_base + d] = table[table_base + d];
+        }
+    } else if (pg.zero_invalid != 0u && id >= pg.vocab) {
+        for (var d = 0u; d < pg.dim; d++) {
+            out[out_base + d] = 0.0;
+        }
+    }
+}
+
+@compute @workgroup_size(ROW_WG)
+fn embedding_backward_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = row_invocation(wid, groups, lid);
+    let chunks = (ps.dim + CACHE - 1u) / CACHE;
+    let local_row = i / chunks;
+    if (local_row >= ps.rows) {
+        return;
+    }
+    let start = (i % chunks) * CACHE;
+    let v = ps.row0 + local_row;
+    let begin = offsets[v];
+    let end = offsets[v + 1u];
+    let out_base = ps.off_dtable + local_row * ps.dim;
+
+    for (var k = 0u; k < CACHE; k++) {
+        acc[k] = 0.0;
+    }
+    for (var e = begin; e < end; e++) {
+        // Unsigned wrap-around: positions before pos0 become large and are skipped.
+        let local_pos = positions[e] - ps.pos0;
+        if (local_pos < ps.pos_count) {
+            let dy_base = ps.off_dy + local_pos * ps.dim;
+            for (var k = 0u; k < CACHE; k++) {
+                if (start + k < ps.dim) {
+                    acc[k] += dy[dy_base + start + k];
+                }
+            }
+        }
+    }
+    for (var k = 0u; k < CACHE; k++) {
+        let d = start + k;
+        if (d < ps.dim) {
+            if (ps.accumulate != 0u) {
+                dtable[out_base + d] += acc[k];
+            } else {
+                dtable[out_base + d] = acc[k];
             }
         }
     }

@@ -11,14 +11,18 @@
 // The parameter gradients are summed in a fixed order, without atomics, so they are
 // deterministic.
 //
-// Bindings of `layer_norm` (params: ForwardParams):
+// Two variants: one workgroup per row (`layer_norm`, `layer_norm_backward`) for GPUs, and one
+// invocation per block of R rows (`layer_norm_rows`, `layer_norm_backward_rows`) for CPU
+// adapters, where barriers and workgroup memory are slow. Both feed `layer_norm_param_grads`.
+//
+// Bindings of `layer_norm` and `layer_norm_rows` (params: ForwardParams):
 //   1  x         array<f32>   [rows, cols] from off_x
 //   2  weight    array<f32>   [cols]
 //   3  bias      array<f32>   [cols]
 //   4  y         array<f32>   [rows, cols] from off_y
 //   5  mean      array<f32>   [rows] from off_mean
 //   6  rstd      array<f32>   [rows] from off_rstd
-// Bindings of `layer_norm_backward` (params: BackwardParams):
+// Bindings of `layer_norm_backward` and `layer_norm_backward_rows` (params: BackwardParams):
 //   1  x         array<f32>   [rows, cols] from off_x
 //   2  weight    array<f32>   [cols]
 //   3  mean      array<f32>   [rows] from off_mean
@@ -37,6 +41,10 @@
 // invocation `lid` keeps columns lid + k * WG (k < CACHE) of the current block in registers,
 // so rows of up to WG * CACHE columns are loaded once and the blocks before the last of
 // longer rows are loaded again by the output pass. WG must be a power of two.
+// Grid of the invocation variant: invocation i = (x + y * num_workgroups.x) * ROW_WG + lid.
+// In the forward it handles rows i * R .. i * R + R. In the backward it handles rows_per_group
+// consecutive rows in blocks of R and writes row group0 + i of the partials. Both walk the
+// columns serially and share each load of weight and bias between the R rows of a block.
 // Grid of `layer_norm_param_grads`: one invocation per element of dweight and dbias.
 
 struct ForwardParams {
@@ -75,6 +83,10 @@ struct ParamGradParams {
 override WG: u32 = 256u;
 // Equal to ROW_CACHE in src/ops/softmax.rs, which sizes the workgroups.
 const CACHE: u32 = 32u;
+// Equal to ROW_WG in src/ops/softmax.rs, which sizes the grid of the invocation variant.
+const ROW_WG: u32 = 16u;
+// Rows per block of the invocation variant, equal to BLOCK_ROWS in src/ops/layernorm.rs.
+const R: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> pf: ForwardParams;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -349,5 +361,134 @@ fn layer_norm_param_grads(
         dweight[i] = total;
     } else {
         dbias[i - cols] = total;
+    }
+}
+
+fn row_invocation(wid: vec3<u32>, groups: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * groups.x) * ROW_WG + lid;
+}
+
+@compute @workgroup_size(ROW_WG)
+fn layer_norm_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row0 = row_invocation(wid, groups, lid) * R;
+    if (row0 >= pf.rows) {
+        return;
+    }
+    let count = min(R, pf.rows - row0);
+    let cols = pf.cols;
+    let x_base = pf.off_x + row0 * cols;
+    let y_base = pf.off_y + row0 * cols;
+
+    // Pass 1: Welford's running mean and sum of squared deviations of each row. Every row of
+    // the block has seen the same number of columns, so 1 / n is shared.
+    var mean: array<f32, R>;
+    var m2: array<f32, R>;
+    for (var c = 0u; c < cols; c++) {
+        let inv_n = 1.0 / f32(c + 1u);
+        for (var r = 0u; r < R; r++) {
+            if (r < count) {
+                let v = x[x_base + r * cols + c];
+                let d = v - mean[r];
+                mean[r] += d * inv_n;
+                m2[r] += d * (v - mean[r]);
+            }
+        }
+    }
+    var rstd: array<f32, R>;
+    for (var r = 0u; r < R; r++) {
+        if (r < count) {
+            rstd[r] = 1.0 / sqrt(m2[r] / f32(cols) + pf.eps);
+            mean_out[pf.off_mean + row0 + r] = mean[r];
+            rstd_out[pf.off_rstd + row0 + r] = rstd[r];
+        }
+    }
+
+    // Pass 2: outputs, with x loaded again.
+    for (var c = 0u; c < cols; c++) {
+        let w = weight[c];
+        let b = bias[c];
+        for (var r = 0u; r < R; r++) {
+            if (r < count) {
+                let i = r * cols + c;
+                y[y_base + i] = (x[x_base + i] - mean[r]) * rstd[r] * w + b;
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(ROW_WG)
+fn layer_norm_backward_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let local_group = row_invocation(wid, groups, lid);
+    let row_begin = local_group * pb.rows_per_group;
+    if (row_begin >= pb.rows) {
+        return;
+    }
+    let row_end = min(row_begin + pb.rows_per_group, pb.rows);
+    let cols = pb.cols;
+    let inv_cols = 1.0 / f32(cols);
+    let part_base = (pb.group0 + local_group) * 2u * cols;
+
+    for (var row0 = row_begin; row0 < row_end; row0 += R) {
+        let count = min(R, row_end - row0);
+        let first_block = row0 == row_begin;
+        let x_base = pb.off_x + row0 * cols;
+        let dy_base = pb.off_dy + row0 * cols;
+        let dx_base = pb.off_dx + row0 * cols;
+        var mean: array<f32, R>;
+        var rstd: array<f32, R>;
+        for (var r = 0u; r < R; r++) {
+            if (r < count) {
+                mean[r] = bmean[pb.off_mean + row0 + r];
+                rstd[r] = brstd[pb.off_rstd + row0 + r];
+            }
+        }
+
+        // Pass 1: the row means of g and g * xhat.
+        var mean_g: array<f32, R>;
+        var mean_gx: array<f32, R>;
+        for (var c = 0u; c < cols; c++) {
+            let w = bweight[c];
+            for (var r = 0u; r < R; r++) {
+                if (r < count) {
+                    let i = r * cols + c;
+                    let xhat = (bx[x_base + i] - mean[r]) * rstd[r];
+                    let g = dy[dy_base + i] * w;
+                    mean_g[r] += g;
+                    mean_gx[r] += g * xhat;
+                }
+            }
+        }
+        for (var r = 0u; r < R; r++) {
+            mean_g[r] *= inv_cols;
+            mean_gx[r] *= inv_cols;
+        }
+
+        // Pass 2: dx, and the parameter-gradient sums of the block added to the partials. The
+        // buffer starts undefined, so the first block writes instead of adding.
+        for (var c = 0u; c < cols; c++) {
+            let w = bweight[c];
+            var dweight_sum = 0.0;
+            var dbias_sum = 0.0;
+            for (var r = 0u; r < R; r++) {
+                if (r < count) {
+                    let i = r * cols + c;
+                    let xhat = (bx[x_base + i] - mean[r]) * rstd[r];
+                    let dyv = dy[dy_base + i];
+                    dx[dx_base + i] = rstd[r] * (dyv * w - mean_g[r] - xhat * mean_gx[r]);
+                    dweight_sum += dyv * xhat;
+                    dbias_sum += dyv;
+                }
+            }
+            add_partial(part_base + c, dweight_sum, first_block);
+            add_partial(part_base + cols + c, dbias_sum, first_block);
+        }
     }
 }

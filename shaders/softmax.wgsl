@@ -1,23 +1,27 @@
-// Softmax over the last axis and its backward, one workgroup per row.
+// Softmax over the last axis and its backward, in two variants: one workgroup per row
+// (`softmax`, `softmax_backward`) for GPUs, and one invocation per row (`softmax_rows`,
+// `softmax_backward_rows`) for CPU adapters, where barriers and workgroup memory are slow.
 //
 //   softmax:          y[r, c]  = exp(x[r, c] - max_r) / sum_c' exp(x[r, c'] - max_r)
 //   softmax_backward: dx[r, c] = y[r, c] * (dy[r, c] - sum_c' dy[r, c'] * y[r, c'])
 //
-// Bindings of `softmax`:
+// Bindings of `softmax` and `softmax_rows`:
 //   0  params  uniform Params
 //   1  x       array<f32>   [rows, cols] from off0
 //   2  y       array<f32>   [rows, cols] from off1
-// Bindings of `softmax_backward`:
+// Bindings of `softmax_backward` and `softmax_backward_rows`:
 //   0  params  uniform Params
 //   1  y       array<f32>   [rows, cols] from off0, the forward output
 //   2  dy      array<f32>   [rows, cols] from off1
 //   3  dx      array<f32>   [rows, cols] from off2
 //
-// Grid: workgroup (x, y) handles row x + y * num_workgroups.x. A row is walked in blocks of
-// WG * CACHE columns, and invocation `lid` keeps columns lid + k * WG (k < CACHE) of the
-// current block in registers. A row of up to WG * CACHE columns is therefore loaded once. In
-// longer rows the output pass loads the blocks before the last a second time. WG must be a
-// power of two.
+// Grid of the workgroup variant: workgroup (x, y) handles row x + y * num_workgroups.x. A row
+// is walked in blocks of WG * CACHE columns, and invocation `lid` keeps columns lid + k * WG
+// (k < CACHE) of the current block in registers. A row of up to WG * CACHE columns is
+// therefore loaded once. In longer rows the output pass loads the blocks before the last a
+// second time. WG must be a power of two.
+// Grid of the invocation variant: invocation (x + y * num_workgroups.x) * ROW_WG + lid handles
+// that row.
 
 struct Params {
     rows: u32,
@@ -31,6 +35,8 @@ struct Params {
 }
 
 override WG: u32 = 256u;
+// Equal to ROW_WG in src/ops/softmax.rs, which sizes the grid of the invocation variant.
+const ROW_WG: u32 = 16u;
 // Equal to ROW_CACHE in src/ops/softmax.rs, which sizes the workgroups.
 const CACHE: u32 = 32u;
 // Stands in for -infinity: WGSL lets the compiler assume no infinities.
@@ -197,5 +203,63 @@ fn softmax_backward(
                 dx[dx_base + c] = yv * (dyv - row_dot);
             }
         }
+    }
+}
+
+fn row_invocation(wid: vec3<u32>, groups: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * groups.x) * ROW_WG + lid;
+}
+
+@compute @workgroup_size(ROW_WG)
+fn softmax_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = row_invocation(wid, groups, lid);
+    if (row >= p.rows) {
+        return;
+    }
+    let x_base = p.off0 + row * p.cols;
+    let y_base = p.off1 + row * p.cols;
+
+    // Pass 1: the running max m and sum s of exp(x - m) with one exp per column. A value above
+    // m rescales the sum by exp(m - v) and adds exp(v - v) = 1.
+    var m = x[x_base];
+    var s = 0.0;
+    for (var c = 0u; c < p.cols; c++) {
+        let v = x[x_base + c];
+        let e = exp(-abs(v - m));
+        s = select(s + e, s * e + 1.0, v > m);
+        m = max(m, v);
+    }
+    let inv_sum = 1.0 / s;
+
+    // Pass 2: outputs.
+    for (var c = 0u; c < p.cols; c++) {
+        y[y_base + c] = exp(x[x_base + c] - m) * inv_sum;
+    }
+}
+
+@compute @workgroup_size(ROW_WG)
+fn softmax_backward_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = row_invocation(wid, groups, lid);
+    if (row >= p.rows) {
+        return;
+    }
+    let y_base = p.off0 + row * p.cols;
+    let dy_base = p.off1 + row * p.cols;
+    let dx_base = p.off2 + row * p.cols;
+
+    var dot = 0.0;
+    for (var c = 0u; c < p.cols; c++) {
+        dot += y_in[y_base + c] * dy[dy_base + c];
+    }
+    for (var c = 0u; c < p.cols; c++) {
+        dx[dx_base + c] = y_in[y_base + c] * (dy[dy_base + c] - dot);
     }
 }

@@ -1,5 +1,8 @@
 //! Fused cross-entropy and its backward against the CPU reference, with label smoothing and
 //! an ignore index, and the CPU backward against central finite differences.
+//!
+//! The kernels run in the row-kernel variant of the adapter; `FIAK_ROW_KERNELS=invocation` or
+//! `FIAK_ROW_KERNELS=workgroup` forces one, and both must pass.
 
 mod common;
 

@@ -1,5 +1,8 @@
 //! Embedding gather and its backward against the CPU reference: repeated ids, ids out of range
 //! and a table over the 128 MiB storage binding limit of lavapipe.
+//!
+//! The kernels run in the row-kernel variant of the adapter; `FIAK_ROW_KERNELS=invocation` or
+//! `FIAK_ROW_KERNELS=workgroup` forces one, and both must pass.
 
 mod common;
 

@@ -1,5 +1,8 @@
 //! Layer norm and its backward against the CPU reference, and the CPU backward against
 //! central finite differences.
+//!
+//! The kernels run in the row-kernel variant of the adapter; `FIAK_ROW_KERNELS=invocation` or
+//! `FIAK_ROW_KERNELS=workgroup` forces one, and both must pass.
 
 mod common;
 
@@ -86,6 +89,19 @@ fn layer_norm_random_shapes() {
     // More rows than backward workgroups, so each workgroup sums several rows.
     check(&mut rng, &[3, 197], 24, 1e-6);
     check(&mut rng, &[1000], 7, 1e-5);
+}
+
+#[test]
+fn layer_norm_partial_row_blocks() {
+    // Row counts that are not multiples of the invocation variant's blocks of 8 rows or of
+    // its 16-invocation workgroups.
+    let mut rng = Rng::new(26);
+    for rows in [9, 127, 1037] {
+        check(&mut rng, &[rows], 33, 1e-5);
+    }
+    // Over 4096 blocks of 8 rows, so the invocation variant walks several blocks per
+    // invocation and adds to its partial parameter gradients.
+    check(&mut rng, &[33_001], 3, 1e-5);
 }
 
 #[test]

@@ -78,6 +78,30 @@ fn permute_rank_6_and_odd_sizes() {
 }
 
 #[test]
+fn permute_contiguous_inner_axes_in_vec4() {
+    // An innermost output axis that stays contiguous and is a multiple of 4 long, alone or
+    // merged with a neighbour, moves as vec4s. The last case keeps scalar moves.
+    let mut rng = Rng::new(57);
+    let cases: [(&[usize], &[usize]); 5] = [
+        (&[2, 3, 8], &[1, 0, 2]),
+        (&[3, 5, 2, 2], &[1, 0, 2, 3]),
+        (&[2, 3, 4, 4], &[2, 0, 1, 3]),
+        (&[4, 1, 3, 12], &[2, 1, 0, 3]),
+        (&[3, 4, 4], &[0, 2, 1]),
+    ];
+    for (shape, perm) in cases {
+        let n: usize = shape.iter().product();
+        let x = rng.vec(n, 1.0);
+        let y = permute(&Tensor::from_f32(shape, &x).unwrap(), perm).unwrap();
+        assert_eq!(
+            y.to_f32_vec(),
+            reference::permute::permute(&x, shape, perm),
+            "permute {shape:?} by {perm:?}"
+        );
+    }
+}
+
+#[test]
 fn permute_rejects_bad_permutations() {
     let x = Tensor::zeros(&[2, 3, 4], DType::F32);
     for perm in [&[0, 1][..], &[0, 1, 1], &[0, 1, 3]] {
@@ -143,7 +167,16 @@ fn qkv_split_merge() {
 #[test]
 fn class_token_concat_and_backward() {
     let mut rng = Rng::new(55);
-    for (b, n, d) in [(1, 1, 1), (2, 4, 3), (3, 196, 33), (5, 0, 7)] {
+    // Widths that are multiples of 4 run the vec4 kernels.
+    for (b, n, d) in [
+        (1, 1, 1),
+        (2, 4, 3),
+        (3, 196, 33),
+        (5, 0, 7),
+        (2, 5, 8),
+        (3, 0, 4),
+        (4, 49, 64),
+    ] {
         let cls = rng.vec(d, 1.0);
         let x = rng.vec(b * n * d, 1.0);
         for cls_shape in [vec![d], vec![1, 1, d]] {
@@ -182,7 +215,13 @@ fn class_token_concat_and_backward() {
 #[test]
 fn token_select_and_backward() {
     let mut rng = Rng::new(56);
-    for (b, n, d, index) in [(1, 1, 1, 0), (2, 5, 3, 0), (3, 197, 40, 196), (4, 9, 130, 4)] {
+    for (b, n, d, index) in [
+        (1, 1, 1, 0),
+        (2, 5, 3, 0),
+        (3, 197, 40, 196),
+        (4, 9, 130, 4),
+        (2, 3, 4, 1),
+    ] {
         let x = rng.vec(b * n * d, 1.0);
         let out = select_token(&Tensor::from_f32(&[b, n, d], &x).unwrap(), index).unwrap();
         assert_eq!(out.shape(), &[b, d]);

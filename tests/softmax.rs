@@ -1,11 +1,14 @@
 //! Softmax over the last axis and its backward against the CPU reference, and the CPU backward
 //! against central finite differences.
+//!
+//! The kernels run in the row-kernel variant of the adapter; `FIAK_ROW_KERNELS=invocation` or
+//! `FIAK_ROW_KERNELS=workgroup` forces one, and both must pass.
 
 mod common;
 
 use common::{Rng, assert_close, reference};
 use fiak::Tensor;
-use fiak::ops::softmax::{softmax, softmax_backward};
+use fiak::ops::softmax::{RowKernels, row_kernels, softmax, softmax_backward};
 
 /// Outputs are probabilities up to 1, and f32 exp and sums of up to 9000 terms stay within a
 /// few ulps of 1e-7 per term, so 1e-6 absolute plus 1e-4 relative is ample.
@@ -77,9 +80,25 @@ fn softmax_large_logits_finite() {
 
 #[test]
 fn softmax_many_rows() {
-    // More rows than one grid dimension holds, so the 2-D grid is exercised.
+    // More workgroups than one grid dimension holds, so the 2-D grid is exercised: one row per
+    // workgroup, or 16 rows per workgroup in the invocation variant.
     let mut rng = Rng::new(14);
-    check(&mut rng, &[70_000, 2], 2.0);
+    let rows = match row_kernels() {
+        RowKernels::Workgroup => 70_000,
+        RowKernels::Invocation => 65_535 * 16 + 1000,
+    };
+    check(&mut rng, &[rows, 2], 2.0);
+}
+
+#[test]
+fn row_kernel_variant_follows_environment() {
+    let expected = match std::env::var("FIAK_ROW_KERNELS").as_deref() {
+        Ok("invocation") => RowKernels::Invocation,
+        Ok("workgroup") => RowKernels::Workgroup,
+        _ if fiak::gpu::get().is_cpu() => RowKernels::Invocation,
+        _ => RowKernels::Workgroup,
+    };
+    assert_eq!(row_kernels(), expected);
 }
 
 #[test]

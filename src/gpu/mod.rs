@@ -263,6 +263,12 @@ impl Gpu {
         })
     }
 
+    /// Returns true when the adapter runs on the CPU (device type Cpu, such as lavapipe), where
+    /// kernels without barriers or workgroup memory are fastest.
+    pub fn is_cpu(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
     /// Largest byte range one storage binding may cover on this device.
     pub fn max_binding_bytes(&self) -> u64 {
         self.limits.max_storage_buffer_binding_size

@@ -6,7 +6,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::softmax::{bind_rows, grid, row_windows, row_workgroup};
+use super::softmax::{RowDispatch, bind_rows, row_windows};
 use crate::error::{Error, Result};
 use crate::gpu;
 use crate::shaders;
@@ -100,7 +100,7 @@ pub fn cross_entropy(
         return Ok((Tensor::zeros(&[1], DType::F32), lse));
     }
     let gpu = gpu::get();
-    let wg = row_workgroup(cols);
+    let kernel = RowDispatch::new(OP, cols);
 
     // Pass 1: lse and the loss of every row.
     let row_loss = Tensor::empty(&[rows], DType::F32);
@@ -112,13 +112,11 @@ pub fn cross_entropy(
             off_logits,
             ..params(&problem, label_smoothing, ignore_index)
         };
-        gpu.dispatch(
+        kernel.dispatch(
             &shaders::CROSS_ENTROPY,
-            "cross_entropy",
-            &[("WG", wg as f64)],
-            bytemuck::bytes_of(&p),
+            &p,
             &[logits_bind, targets.bind(), lse.bind(), row_loss.bind()],
-            grid(count),
+            count,
         )?;
     }
 
@@ -178,7 +176,7 @@ pub fn cross_entropy_backward(
     )?;
 
     // Pass 2: the gradient of every logit.
-    let wg = row_workgroup(cols);
+    let kernel = RowDispatch::new(OP, cols);
     for (start, count) in row_windows(OP, rows, &[cols], 1)? {
         let (logits_bind, off_logits) = bind_rows(logits, start, count, cols);
         let (dlogits_bind, off_dlogits) = bind_rows(&dlogits, start, count, cols);
@@ -189,13 +187,11 @@ pub fn cross_entropy_backward(
             off_dlogits,
             ..params(&problem, label_smoothing, ignore_index)
         };
-        gpu.dispatch(
+        kernel.dispatch(
             &shaders::CROSS_ENTROPY,
-            "cross_entropy_backward",
-            &[("WG", wg as f64)],
-            bytemuck::bytes_of(&p),
+            &p,
             &[logits_bind, targets.bind(), lse.bind(), scale.bind(), dlogits_bind],
-            grid(count),
+            count,
         )?;
     }
     Ok(dlogits)

@@ -5,9 +5,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::softmax::{grid, row_windows, row_workgroup};
+use super::softmax::{ROW_CACHE, RowDispatch, row_windows};
 use crate::error::{Error, Result};
-use crate::gpu;
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
 
@@ -69,8 +68,7 @@ pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
         return Ok(Tensor::zeros(&shape, DType::F32));
     }
     let out = Tensor::empty(&shape, DType::F32);
-    let gpu = gpu::get();
-    let wg = row_workgroup(dim);
+    let kernel = RowDispatch::new(OP, dim);
 
     let table_windows = row_windows(OP, vocab, &[dim], 1)?;
     for (pos0, pos_count) in row_windows(OP, positions, &[dim], 1)? {
@@ -91,13 +89,11 @@ pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
                 zero_invalid: (i + 1 == table_windows.len()) as u32,
                 pad: [0; 3],
             };
-            gpu.dispatch(
+            kernel.dispatch(
                 &shaders::EMBEDDING,
-                "embedding",
-                &[("WG", wg as f64)],
-                bytemuck::bytes_of(&params),
+                &params,
                 &[table_bind, ids_bind, out_bind],
-                grid(pos_count),
+                pos_count,
             )?;
         }
     }
@@ -176,8 +172,13 @@ pub fn embedding_backward(dy: &Tensor, ids: &[u32], vocab: usize) -> Result<Tens
     let offsets = Tensor::from_u32(&[vocab + 1], &offsets)?;
     let positions = Tensor::from_u32(&[positions.len()], &positions)?;
     let dtable = Tensor::empty(&[vocab, dim], DType::F32);
-    let gpu = gpu::get();
-    let wg = row_workgroup(dim);
+    let kernel = RowDispatch::new(OP, dim);
+    // The invocation variant splits each table row into chunks of ROW_CACHE columns.
+    let chunks = if kernel.is_invocation() {
+        dim.div_ceil(ROW_CACHE)
+    } else {
+        1
+    };
 
     let dy_windows = row_windows(OP, ids.len(), &[dim], 1)?;
     for (row0, rows) in row_windows(OP, vocab, &[dim], 1)? {
@@ -195,13 +196,11 @@ pub fn embedding_backward(dy: &Tensor, ids: &[u32], vocab: usize) -> Result<Tens
                 off_dtable,
                 accumulate: (j > 0) as u32,
             };
-            gpu.dispatch(
+            kernel.dispatch(
                 &shaders::EMBEDDING,
-                "embedding_backward",
-                &[("WG", wg as f64)],
-                bytemuck::bytes_of(&params),
+                &params,
                 &[dy_bind, offsets.bind(), positions.bind(), dtable_bind],
-                grid(rows),
+                rows * chunks,
             )?;
         }
     }

@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::softmax::{bind_rows, grid, row_windows, row_workgroup};
+use super::softmax::{RowDispatch, bind_rows, grid, row_windows};
 use crate::error::{Error, Result};
 use crate::gpu;
 use crate::shaders;
@@ -45,9 +45,18 @@ struct ParamGradParams {
     pad: [u32; 2],
 }
 
-/// Workgroups the backward aims for. Each writes one row of partial parameter gradients, which
-/// a second kernel sums in a fixed order.
+/// Workgroups the backward of the workgroup variant aims for. Each writes one row of partial
+/// parameter gradients, which a second kernel sums in a fixed order.
 const BACKWARD_GROUPS: usize = 256;
+
+/// Rows that one invocation of the invocation variant handles together, sharing each load of
+/// weight and bias (`R` in layernorm.wgsl, which must match).
+const BLOCK_ROWS: usize = 8;
+
+/// Maximum invocations the backward of the invocation variant uses, each writing one row of
+/// partial parameter gradients. Beyond it an invocation handles several blocks, which bounds
+/// the partials and the serial sum over them.
+const MAX_INVOCATION_GROUPS: usize = 4096;
 
 fn check(op: &'static str, name: &str, t: &Tensor, shape: Option<&[usize]>) -> Result<()> {
     if t.dtype() != DType::F32 {
@@ -89,7 +98,10 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Resul
     if x.numel() == 0 {
         return Ok((y, mean, rstd));
     }
-    let wg = row_workgroup(cols);
+    let mut kernel = RowDispatch::new(OP, cols);
+    if kernel.is_invocation() {
+        kernel = kernel.rows_per_group(BLOCK_ROWS);
+    }
     for (start, count) in row_windows(OP, rows, &[cols], 1)? {
         let (x_bind, off_x) = bind_rows(x, start, count, cols);
         let (y_bind, off_y) = bind_rows(&y, start, count, cols);
@@ -105,13 +117,11 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Resul
             off_rstd,
             pad: 0,
         };
-        gpu::get().dispatch(
+        kernel.dispatch(
             &shaders::LAYERNORM,
-            "layer_norm",
-            &[("WG", wg as f64)],
-            bytemuck::bytes_of(&params),
+            &params,
             &[x_bind, weight.bind(), bias.bind(), y_bind, mean_bind, rstd_bind],
-            grid(count),
+            count,
         )?;
     }
     Ok((y, mean, rstd))
@@ -153,11 +163,20 @@ pub fn layer_norm_backward(
     let dbias = Tensor::empty(&[cols], DType::F32);
     let gpu = gpu::get();
 
-    // Pass 1: dx and one row of partial parameter gradients per workgroup.
-    let rows_per_group = rows.div_ceil(BACKWARD_GROUPS);
+    // Pass 1: dx and one row of partial parameter gradients per workgroup or invocation.
+    let kernel = RowDispatch::new(OP, cols);
+    let rows_per_group = if kernel.is_invocation() {
+        // One block of rows per invocation, unless there are too many blocks or the partials
+        // would exceed one binding.
+        let fit = (gpu.max_binding_bytes() / 4) as usize / (2 * cols);
+        let max_groups = MAX_INVOCATION_GROUPS.min(fit).max(1);
+        BLOCK_ROWS * rows.div_ceil(BLOCK_ROWS).div_ceil(max_groups)
+    } else {
+        rows.div_ceil(BACKWARD_GROUPS)
+    };
+    let kernel = kernel.rows_per_group(rows_per_group);
     let groups = rows.div_ceil(rows_per_group);
     let partials = Tensor::empty(&[groups, 2, cols], DType::F32);
-    let wg = row_workgroup(cols);
     for (start, count) in row_windows(OP, rows, &[cols], rows_per_group)? {
         let (x_bind, off_x) = bind_rows(x, start, count, cols);
         let (mean_bind, off_mean) = bind_rows(mean, start, count, 1);
@@ -176,11 +195,9 @@ pub fn layer_norm_backward(
             off_dx,
             pad: [0; 3],
         };
-        gpu.dispatch(
+        kernel.dispatch(
             &shaders::LAYERNORM,
-            "layer_norm_backward",
-            &[("WG", wg as f64)],
-            bytemuck::bytes_of(&params),
+            &params,
             &[
                 x_bind,
                 weight.bind(),
@@ -190,11 +207,11 @@ pub fn layer_norm_backward(
                 dx_bind,
                 partials.bind(),
             ],
-            grid(count.div_ceil(rows_per_group)),
+            count,
         )?;
     }
 
-    // Pass 2: sum the partials over the workgroups of pass 1.
+    // Pass 2: sum the partials over the workgroups or invocations of pass 1.
     let params = ParamGradParams {
         groups: groups as u32,
         cols: cols as u32,
