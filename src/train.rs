@@ -441,7 +441,7 @@ pub fn train(model: &mut Model, data: &TaskData, options: &TrainOptions, out: &P
     }
     log::info!("trained {trained} steps in {seconds:.1} s, last loss {last_loss:.4}");
     Ok(TrainSummary {
-        steps: options.steps,
+        steps: start_step + trained,
         final_eval: last_eval,
         seconds,
         throughput: trained as f64 * per_batch as f64 / seconds.max(1e-9),

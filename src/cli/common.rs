@@ -290,6 +290,29 @@ pub fn train_options(kind: ModelKind, preset: &str, args: &TrainArgs, train_len:
     })
 }
 
+/// Checks that the data fit a loaded model: its class count or vocabulary.
+pub fn check_data_fits(model: &Model, data: &TaskData, classes_or_vocab: usize, source: &DataArgs) -> Result<()> {
+    let (expected, what) = match (model, data) {
+        (Model::Vit(m), TaskData::Images { .. }) => (m.config.num_classes, "classes"),
+        (Model::Gpt(m), TaskData::Text { .. }) => (m.config.vocab_size, "vocabulary entries"),
+        _ => return Ok(()),
+    };
+    if classes_or_vocab > expected {
+        let name = source
+            .data
+            .as_ref()
+            .map_or("the bundled data".to_string(), |p| p.display().to_string());
+        return Err(Error::invalid(
+            "--data",
+            name,
+            format!(
+                "has {classes_or_vocab} {what} but the model was built for {expected}; train a new model on this data"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The kind and image shape of a saved model, for loading its data.
 pub fn model_data_shape(model: &Model) -> (ModelKind, (usize, usize), Option<ChannelStats>) {
     match model {

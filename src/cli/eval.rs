@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::common::{self, DataArgs};
 use crate::autograd::AttentionPath;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fiak::accounting;
 use crate::models::Model;
 use crate::train;
@@ -33,9 +33,13 @@ pub struct EvalCmd {
 }
 
 pub fn run(cmd: &EvalCmd) -> Result<()> {
+    if cmd.batch_size == 0 {
+        return Err(Error::invalid("--batch-size", 0, "must be at least 1"));
+    }
     let model = Model::load(&cmd.model_dir)?;
     let (kind, shape, stats) = common::model_data_shape(&model);
-    let (data, _, _) = common::load_task(kind, &cmd.data, shape, stats)?;
+    let (data, _, size) = common::load_task(kind, &cmd.data, shape, stats)?;
+    common::check_data_fits(&model, &data, size, &cmd.data)?;
     let result = train::evaluate(&model, &data, cmd.batch_size, cmd.max_batches, cmd.attention)?;
     let cost = accounting::model_cost(&model.attention_layers());
 
@@ -55,9 +59,9 @@ pub fn run(cmd: &EvalCmd) -> Result<()> {
         result.throughput, result.samples
     );
     println!(
-        "attention per sample: {:.4} GFLOPs (dense {:.4}), scores memory {:.1} KiB (dense {:.1} KiB), kept scores {:.1}%, kept keys {:.1}%",
-        cost.flops as f64 / 1e9,
-        cost.dense_flops as f64 / 1e9,
+        "attention per sample: {:.3} MFLOPs (dense {:.3}), scores memory {:.1} KiB (dense {:.1} KiB), kept scores {:.1}%, kept keys {:.1}%",
+        cost.flops as f64 / 1e6,
+        cost.dense_flops as f64 / 1e6,
         cost.score_bytes as f64 / 1024.0,
         cost.dense_score_bytes as f64 / 1024.0,
         100.0 * cost.kept_scores,

@@ -37,6 +37,12 @@ pub fn run(cmd: &PruneCmd) -> Result<()> {
         scope: cmd.scope,
     };
     spec.validate()?;
+    if cmd.out == cmd.model_dir || cmd.out.join("config.json").exists() {
+        return Err(Error::file(
+            &cmd.out,
+            "contains a model already; choose an empty --out so no model is overwritten",
+        ));
+    }
     let mut model = Model::load(&cmd.model_dir)?;
     model
         .prune(&spec, cmd.force)
@@ -44,12 +50,12 @@ pub fn run(cmd: &PruneCmd) -> Result<()> {
     model.save(&cmd.out)?;
     let cost = accounting::model_cost(&model.attention_layers());
     println!(
-        "{}: kept {:.1}% of scores and {:.1}% of keys; attention {:.4} GFLOPs per sample (dense {:.4})",
+        "{}: kept {:.1}% of scores and {:.1}% of keys; attention {:.3} MFLOPs per sample (dense {:.3})",
         cmd.out.display(),
         100.0 * cost.kept_scores,
         100.0 * cost.kept_keys,
-        cost.flops as f64 / 1e9,
-        cost.dense_flops as f64 / 1e9
+        cost.flops as f64 / 1e6,
+        cost.dense_flops as f64 / 1e6
     );
     Ok(())
 }

@@ -104,6 +104,13 @@ pub fn run(cmd: &RunCmd) -> Result<()> {
             "the pipeline learns priors; choose entry, key or entry+key",
         ));
     }
+    if cmd.train.stop_after.is_some() {
+        return Err(Error::invalid(
+            "--stop-after",
+            cmd.train.stop_after.unwrap_or(0),
+            "is for `fiak train`; an interrupted `fiak run` resumes by running it again with the same --out",
+        ));
+    }
     let started = Instant::now();
 
     let (data, stats, size) = common::load_task(kind, &cmd.data, (1, 28), None)?;
@@ -251,7 +258,10 @@ fn evaluate_row(
     let diversity = capture_diversity(name, model, data, options.batch_size, figures_dir)?;
     Ok(Row {
         name: name.to_string(),
-        prior: format!("{:?}", model.fiak().prior),
+        prior: serde_json::to_value(model.fiak().prior)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
         kept_scores: cost.kept_scores,
         kept_keys: cost.kept_keys,
         eval,

@@ -25,8 +25,8 @@ pub struct TrainCmd {
     /// Output directory: checkpoints, metrics.jsonl, resolved options
     #[arg(long, required_unless_present = "resume")]
     pub out: Option<PathBuf>,
-    /// Continue the interrupted run in this directory
-    #[arg(long)]
+    /// Continue the interrupted run in this directory with the options it was started with
+    #[arg(long, conflicts_with_all = ["out", "init", "model", "preset"])]
     pub resume: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataArgs,
@@ -36,17 +36,25 @@ pub struct TrainCmd {
     pub train: TrainArgs,
 }
 
+/// Where a run was started from, saved beside its checkpoints so `--resume` finds the data.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RunSource {
+    data: Option<PathBuf>,
+    tokenizer: String,
+}
+
+const RUN_SOURCE: &str = "run_source.json";
+
 pub fn run(cmd: &TrainCmd) -> Result<()> {
-    let out = cmd
-        .resume
-        .clone()
-        .or_else(|| cmd.out.clone())
-        .expect("clap requires --out or --resume");
+    if let Some(dir) = &cmd.resume {
+        return resume(cmd, dir);
+    }
+    let out = cmd.out.clone().expect("clap requires --out or --resume");
     common::check_out_dir(&out)?;
-    if cmd.resume.is_some() && !crate::checkpoint::has_training_state(&out) {
+    if crate::checkpoint::has_training_state(&out) || out.join("config.json").exists() {
         return Err(Error::file(
             &out,
-            "holds no training state to resume; start a run with --out",
+            "contains an earlier run or model; continue it with `fiak train --resume DIR`, or choose another --out",
         ));
     }
 
@@ -65,13 +73,14 @@ pub fn run(cmd: &TrainCmd) -> Result<()> {
                 model.add_priors(prior, cmd.fiak.prior_learning);
             }
             let (kind, shape, stats) = common::model_data_shape(&model);
-            let (data, _, _) = common::load_task(kind, &cmd.data, shape, stats)?;
+            let (data, _, size) = common::load_task(kind, &cmd.data, shape, stats)?;
+            common::check_data_fits(&model, &data, size, &cmd.data)?;
             (model, data, cmd.preset.clone().unwrap_or_default())
         }
         None => {
             let kind = cmd
                 .model
-                .ok_or_else(|| Error::invalid("--model", "(missing)", "give --model vit|gpt, or --init DIR"))?;
+                .ok_or_else(|| Error::invalid("--model", "", "is missing: give --model vit|gpt, or --init DIR"))?;
             let preset = cmd
                 .preset
                 .clone()
@@ -97,14 +106,69 @@ pub fn run(cmd: &TrainCmd) -> Result<()> {
         options.batch_size,
         out.display()
     );
+    std::fs::create_dir_all(&out).map_err(|e| Error::file(&out, format!("cannot create the output folder: {e}")))?;
+    let source = RunSource {
+        data: cmd.data.data.clone(),
+        tokenizer: format!("{:?}", cmd.data.tokenizer).to_lowercase(),
+    };
+    crate::checkpoint::write_atomic(
+        &out.join(RUN_SOURCE),
+        serde_json::to_string_pretty(&source).expect("plain fields").as_bytes(),
+    )?;
     let summary = train::train(&mut model, &data, &options, &out)?;
+    print_summary(&out, &model, &summary);
+    Ok(())
+}
+
+fn print_summary(out: &std::path::Path, model: &Model, summary: &train::TrainSummary) {
+    let unit = match model {
+        Model::Vit(_) => "images",
+        Model::Gpt(_) => "tokens",
+    };
     println!(
-        "{}: {} steps in {:.1} s ({:.0} samples/s); held-out {}",
+        "{}: at step {} after {:.1} s of training ({:.0} {unit}/s); held-out {}",
         out.display(),
         summary.steps,
         summary.seconds,
         summary.throughput,
         train::describe(&summary.final_eval)
     );
+}
+
+/// Continues the run in `dir` with the options it was started with.
+fn resume(cmd: &TrainCmd, dir: &std::path::Path) -> Result<()> {
+    if !dir.is_dir() {
+        return Err(Error::file(
+            dir,
+            "not found; --resume takes the --out folder of an earlier run",
+        ));
+    }
+    if !crate::checkpoint::has_training_state(dir) {
+        return Err(Error::file(
+            dir,
+            "contains no training state to resume; start a run with --out",
+        ));
+    }
+    let (state, _) = crate::checkpoint::load_training_state(dir)?;
+    let mut options: train::TrainOptions = serde_json::from_value(state["options"].clone())
+        .map_err(|e| Error::file(dir.join("training_state.json"), format!("invalid options: {e}")))?;
+    options.progress = !cmd.train.quiet;
+    options.stop_after = cmd.train.stop_after;
+
+    let mut data_args = cmd.data.clone();
+    if data_args.data.is_none()
+        && let Ok(text) = std::fs::read_to_string(dir.join(RUN_SOURCE))
+        && let Ok(source) = serde_json::from_str::<RunSource>(&text)
+    {
+        data_args.data = source.data;
+        if source.tokenizer == "gpt2" {
+            data_args.tokenizer = common::TokenizerArg::Gpt2;
+        }
+    }
+    let mut model = Model::load(dir)?;
+    let (kind, shape, stats) = common::model_data_shape(&model);
+    let (data, _, _) = common::load_task(kind, &data_args, shape, stats)?;
+    let summary = train::train(&mut model, &data, &options, dir)?;
+    print_summary(dir, &model, &summary);
     Ok(())
 }

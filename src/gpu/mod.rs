@@ -71,7 +71,12 @@ static GPU: OnceLock<std::result::Result<Gpu, String>> = OnceLock::new();
 /// Creates the process-wide context with explicit options. Later calls return the context
 /// that exists already, whatever their options.
 pub fn init(options: &GpuOptions) -> Result<&'static Gpu> {
-    let gpu = GPU.get_or_init(|| Gpu::new(options).map_err(|e| e.to_string()));
+    let gpu = GPU.get_or_init(|| {
+        Gpu::new(options).map_err(|e| match e {
+            Error::NoAdapter(message) => message,
+            other => other.to_string(),
+        })
+    });
     gpu.as_ref().map_err(|e| Error::NoAdapter(e.clone()))
 }
 
@@ -197,6 +202,14 @@ impl Gpu {
             .adapter
             .clone()
             .or_else(|| std::env::var("FIAK_ADAPTER").ok().filter(|s| !s.is_empty()));
+        // An adapter index counts in the list of `fiak devices`, which shows every backend
+        // unless one is chosen.
+        let explicit_backend = options.backend.is_some() || std::env::var("FIAK_BACKEND").is_ok_and(|v| !v.is_empty());
+        let backends = if selector.is_some() && !explicit_backend {
+            wgpu::Backends::all()
+        } else {
+            backends
+        };
         let instance = create_instance(backends);
         let adapter = choose_adapter(&instance, backends, selector)?;
         let info = adapter.get_info();
