@@ -22,31 +22,31 @@ pub enum ModelKind {
 /// Training flags shared by `fiak train` and `fiak run`.
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
-    /// Optimizer steps
+    /// Optimizer steps [default: 400 for a ViT, 800 for a GPT, 60 for the smoke presets]
     #[arg(long)]
     pub steps: Option<usize>,
     /// Passes over the training set (images); overrides --steps
     #[arg(long)]
     pub epochs: Option<f64>,
-    /// Batch size in images or sequences
+    /// Batch size in images or sequences [default: 64 for a ViT, 16 for a GPT]
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Peak learning rate
-    #[arg(long)]
+    /// Peak learning rate [default: 2e-3 for a ViT, 3e-3 for a GPT]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f32>,
     /// Peak learning rate of the prior logits
     #[arg(long, default_value_t = 1e-2)]
     pub prior_lr: f32,
     /// Decoupled weight decay of weight matrices
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     pub weight_decay: f32,
-    /// Warmup steps of the learning-rate schedule
+    /// Warmup steps of the learning-rate schedule [default: 5% of the steps]
     #[arg(long)]
     pub warmup: Option<usize>,
-    /// Evaluate and save a checkpoint every N steps
+    /// Evaluate and save a checkpoint every N steps [default: a quarter of the steps]
     #[arg(long)]
     pub eval_every: Option<usize>,
-    /// Evaluate on at most N batches (default: the whole held-out split)
+    /// Evaluate on at most N batches [default: the whole test split for a ViT, 16 batches for a GPT]
     #[arg(long)]
     pub eval_batches: Option<usize>,
     /// Label smoothing of the classification loss
@@ -260,6 +260,22 @@ pub fn train_options(kind: ModelKind, preset: &str, args: &TrainArgs, train_len:
     };
     if steps == 0 {
         return Err(Error::invalid("--steps", 0, "must be at least 1"));
+    }
+    if args.eval_batches == Some(0) {
+        return Err(Error::invalid("--eval-batches", 0, "must be at least 1"));
+    }
+    if args.eval_every == Some(0) {
+        return Err(Error::invalid("--eval-every", 0, "must be at least 1"));
+    }
+    if !(0.0..1.0).contains(&args.label_smoothing) {
+        return Err(Error::invalid(
+            "--label-smoothing",
+            args.label_smoothing,
+            "must lie in [0, 1)",
+        ));
+    }
+    if args.weight_decay.is_nan() || args.weight_decay < 0.0 {
+        return Err(Error::invalid("--weight-decay", args.weight_decay, "must be 0 or more"));
     }
     let lr = args.lr.unwrap_or(lr);
     if lr.is_nan() || lr <= 0.0 || lr.is_infinite() {

@@ -36,6 +36,9 @@ pub fn run(cmd: &EvalCmd) -> Result<()> {
     if cmd.batch_size == 0 {
         return Err(Error::invalid("--batch-size", 0, "must be at least 1"));
     }
+    if cmd.max_batches == Some(0) {
+        return Err(Error::invalid("--max-batches", 0, "must be at least 1"));
+    }
     let model = Model::load(&cmd.model_dir)?;
     let (kind, shape, stats) = common::model_data_shape(&model);
     let (data, _, size) = common::load_task(kind, &cmd.data, shape, stats)?;

@@ -22,8 +22,8 @@ pub struct GenerateCmd {
     /// Tokens to generate
     #[arg(long, default_value_t = 200)]
     pub tokens: usize,
-    /// Softmax temperature; lower is more conservative
-    #[arg(long, default_value_t = 0.8)]
+    /// Softmax temperature; lower is more conservative (use --top-k 1 for greedy decoding)
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Sample among the k most likely tokens only (0: all)
     #[arg(long, default_value_t = 40)]
@@ -42,7 +42,7 @@ pub fn run(cmd: &GenerateCmd) -> Result<()> {
         return Err(Error::invalid(
             "--model-dir",
             cmd.model_dir.display(),
-            "holds a ViT; generate needs a GPT model",
+            "contains a ViT; generate needs a GPT model",
         ));
     };
     let tokenizer = match gpt.config.tokenizer.as_str() {

@@ -14,10 +14,10 @@ pub struct PruneCmd {
     #[arg(long)]
     pub model_dir: PathBuf,
     /// Fraction of attention scores to drop in total, in [0, 1)
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = 0.7, allow_negative_numbers = true)]
     pub scores: f32,
     /// Fraction of key positions per head to drop first, in [0, 1)
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub keys: f32,
     /// Ranking scope of score pruning
     #[arg(long, value_enum, default_value_t = PruneScope::Layer)]

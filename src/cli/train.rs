@@ -60,7 +60,23 @@ pub fn run(cmd: &TrainCmd) -> Result<()> {
 
     let (mut model, data, preset) = match &cmd.init {
         Some(dir) => {
+            if cmd.model.is_some() || cmd.preset.is_some() {
+                log::warn!(
+                    "--model and --preset are ignored with --init: the model comes from {}",
+                    dir.display()
+                );
+            }
             let mut model = Model::load(dir)?;
+            if let Some(prior) = cmd.fiak.prior
+                && model.fiak().prior != PriorKind::None
+                && prior != model.fiak().prior
+            {
+                log::warn!(
+                    "--prior {prior:?} is ignored: {} has {:?} priors already",
+                    dir.display(),
+                    model.fiak().prior
+                );
+            }
             if let Some(prior) = cmd.fiak.prior
                 && prior != PriorKind::None
                 && model.fiak().prior == PriorKind::None
