@@ -32,7 +32,7 @@ fn constants() -> [(&'static str, f64); 1] {
     [("BLOCK", block() as f64)]
 }
 
-/// How the fused kernels address the bias.
+/// Bias of a fused kernel call, with the layout that decides its addressing.
 #[derive(Clone, Copy)]
 pub(super) enum BiasArg<'t> {
     None,
