@@ -22,7 +22,7 @@ const ROWS: usize = 4;
 /// threads per workgroup to hide latency.
 pub(super) fn block() -> usize {
     if gpu::get().info.device_type == wgpu::DeviceType::Cpu {
-        16
+        8
     } else {
         32
     }
