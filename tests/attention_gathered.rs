@@ -1,7 +1,7 @@
-//! Gathered (sparse) attention against the f64 reference with the pruned entries masked out:
-//! forward and every gradient, random patterns of 10% to 100% kept entries in the per-row and
-//! keys-only layouts, causal patterns, and equality with the fused dense kernel when every
-//! entry is kept. Also the validation of `Pattern`.
+//! Gathered (sparse) attention against the f64 reference with the pruned entries masked out.
+//! The cases cover forward and every gradient, random patterns of 10% to 100% kept entries in
+//! the per-row and keys-only layouts, and causal patterns. With every entry kept, gathered
+//! attention must equal the fused dense kernel. Also the validation of `Pattern`.
 
 mod common;
 
@@ -39,21 +39,21 @@ fn config(causal: bool, gaussian: bool) -> AttentionConfig {
     }
 }
 
-/// A random pattern keeping about `kept` of the entries; with `causal_only` rows keep no key
-/// j > i.
+/// Builds a random pattern keeping about `keep_ratio` of the entries; with `causal_only` rows
+/// keep no key j > i.
 fn random_pattern(
     rng: &mut Rng,
     heads: usize,
     nq: usize,
     nk: usize,
-    kept: f32,
+    keep_ratio: f32,
     layout: Layout,
     causal_only: bool,
 ) -> Pattern {
     match layout {
         Layout::Keys => {
             let lists = (0..heads)
-                .map(|_| (0..nk as u32).filter(|_| rng.uniform() < kept).collect())
+                .map(|_| (0..nk as u32).filter(|_| rng.uniform() < keep_ratio).collect())
                 .collect();
             Pattern::keys_only(heads, nq, nk, lists).unwrap()
         }
@@ -64,7 +64,7 @@ fn random_pattern(
                 for i in 0..nq {
                     row_offsets.push(key_index.len() as u32);
                     for j in 0..nk {
-                        if rng.uniform() < kept && (!causal_only || j <= i) {
+                        if rng.uniform() < keep_ratio && (!causal_only || j <= i) {
                             key_index.push(j as u32);
                         }
                     }
@@ -76,7 +76,7 @@ fn random_pattern(
     }
 }
 
-/// The kept-entry mask [H, Nq, Nk] of a pattern, and a dense bias [1, H, Nq, Nk] holding the
+/// Returns the kept-entry mask [H, Nq, Nk] of a pattern, and a dense bias [1, H, Nq, Nk] holding the
 /// per-entry bias at kept entries and 0 elsewhere.
 fn dense_view(pattern: &Pattern, entry_bias: Option<&[f32]>) -> (Vec<bool>, Vec<f64>) {
     let (heads, nq, nk) = (pattern.heads(), pattern.nq(), pattern.nk());

@@ -22,7 +22,7 @@ const ROWS: usize = 4;
 /// threads per workgroup to hide latency.
 pub(super) fn block() -> usize {
     if gpu::get().info.device_type == wgpu::DeviceType::Cpu {
-        16
+        8
     } else {
         32
     }
@@ -32,7 +32,7 @@ fn constants() -> [(&'static str, f64); 1] {
     [("BLOCK", block() as f64)]
 }
 
-/// How the fused kernels address the bias.
+/// Bias of a fused kernel call, with the layout that decides its addressing.
 #[derive(Clone, Copy)]
 pub(super) enum BiasArg<'t> {
     None,

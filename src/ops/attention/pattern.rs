@@ -13,8 +13,8 @@ use crate::tensor::Tensor;
 /// zeros for it.
 ///
 /// When every row of a head keeps the same keys (a keys-only pattern), the pattern also stores
-/// that list once per head, and gathered attention runs the dense kernels on the kept keys,
-/// which reads each K and V row once per block of queries instead of once per query.
+/// that list once per head. Gathered attention then runs the dense kernels on the kept keys,
+/// which read each K and V row once per block of queries instead of once per query.
 ///
 /// The GPU copies are uploaded on first use.
 #[derive(Clone)]
@@ -50,22 +50,20 @@ impl std::fmt::Debug for Pattern {
     }
 }
 
-fn invalid(message: impl Into<String>) -> Error {
-    Error::invalid("pattern", "", message)
-}
-
 /// Checks that `keys` ascend strictly and stay below `nk`; `what` names the list in errors.
-fn check_keys(keys: &[u32], nk: usize, what: impl Fn() -> String) -> Result<()> {
+fn check_keys(op: &'static str, keys: &[u32], nk: usize, what: impl Fn() -> String) -> Result<()> {
     for (t, &j) in keys.iter().enumerate() {
         if j as usize >= nk {
-            return Err(invalid(format!("{} has key {j}, but there are {nk} keys", what())));
+            return Err(Error::shape(
+                op,
+                format!("{} has key {j}, but there are {nk} keys", what()),
+            ));
         }
         if t > 0 && keys[t - 1] >= j {
-            return Err(invalid(format!(
-                "{} is not strictly ascending: key {j} follows {}",
-                what(),
-                keys[t - 1]
-            )));
+            return Err(Error::shape(
+                op,
+                format!("{} is not strictly ascending: key {j} follows {}", what(), keys[t - 1]),
+            ));
         }
     }
     Ok(())
@@ -75,42 +73,58 @@ impl Pattern {
     /// Builds a pattern from CSR arrays: `row_offsets` [H * (Nq + 1)], counting across heads,
     /// and `key_index` [nnz] with strictly ascending keys below `nk` in each row.
     pub fn from_csr(heads: usize, nq: usize, nk: usize, row_offsets: Vec<u32>, key_index: Vec<u32>) -> Result<Pattern> {
+        const OP: &str = "Pattern::from_csr";
         if row_offsets.len() != heads * (nq + 1) {
-            return Err(invalid(format!(
-                "row_offsets has {} values, but {heads} heads of {nq} rows need {}",
-                row_offsets.len(),
-                heads * (nq + 1)
-            )));
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "row_offsets has {} values, but {heads} heads of {nq} rows need {}",
+                    row_offsets.len(),
+                    heads * (nq + 1)
+                ),
+            ));
         }
         if u32::try_from(key_index.len()).is_err() {
-            return Err(invalid(format!("{} entries exceed the u32 range", key_index.len())));
+            return Err(Error::shape(
+                OP,
+                format!("{} entries exceed the u32 range", key_index.len()),
+            ));
         }
         let mut expected_start = 0u32;
         for h in 0..heads {
             let offsets = &row_offsets[h * (nq + 1)..(h + 1) * (nq + 1)];
             if offsets[0] != expected_start {
-                return Err(invalid(format!(
-                    "head {h} starts at entry {}, but the previous head ends at {expected_start}",
-                    offsets[0]
-                )));
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "head {h} starts at entry {}, but the previous head ends at {expected_start}",
+                        offsets[0]
+                    ),
+                ));
             }
             for i in 0..nq {
                 let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
                 if end < start || end > key_index.len() {
-                    return Err(invalid(format!(
-                        "row {i} of head {h} spans entries {start}..{end}, outside 0..{} or decreasing",
-                        key_index.len()
-                    )));
+                    return Err(Error::shape(
+                        OP,
+                        format!(
+                            "row {i} of head {h} spans entries {start}..{end}, outside 0..{} or decreasing",
+                            key_index.len()
+                        ),
+                    ));
                 }
-                check_keys(&key_index[start..end], nk, || format!("row {i} of head {h}"))?;
+                check_keys(OP, &key_index[start..end], nk, || format!("row {i} of head {h}"))?;
             }
             expected_start = offsets[nq];
         }
         if expected_start as usize != key_index.len() {
-            return Err(invalid(format!(
-                "the offsets end at entry {expected_start}, but key_index has {} entries",
-                key_index.len()
-            )));
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "the offsets end at entry {expected_start}, but key_index has {} entries",
+                    key_index.len()
+                ),
+            ));
         }
 
         let shared_keys = shared_lists(heads, nq, &row_offsets, &key_index);
@@ -128,21 +142,22 @@ impl Pattern {
     /// Builds a keys-only pattern: every query row of head h keeps the keys `kept[h]`, which
     /// must ascend strictly and stay below `nk`.
     pub fn keys_only(heads: usize, nq: usize, nk: usize, kept: Vec<Vec<u32>>) -> Result<Pattern> {
+        const OP: &str = "Pattern::keys_only";
         if kept.len() != heads {
-            return Err(invalid(format!(
-                "kept has lists for {} heads, expected {heads}",
-                kept.len()
-            )));
+            return Err(Error::shape(
+                OP,
+                format!("kept has lists for {} heads, expected {heads}", kept.len()),
+            ));
         }
         let mut shared = Vec::with_capacity(heads + 1 + kept.iter().map(Vec::len).sum::<usize>());
         shared.push(0u32);
         for (h, keys) in kept.iter().enumerate() {
-            check_keys(keys, nk, || format!("the key list of head {h}"))?;
+            check_keys(OP, keys, nk, || format!("the key list of head {h}"))?;
             shared.push(shared[h] + keys.len() as u32);
         }
         let nnz: usize = kept.iter().map(|keys| keys.len() * nq).sum();
         if u32::try_from(nnz).is_err() {
-            return Err(invalid(format!("{nnz} entries exceed the u32 range")));
+            return Err(Error::shape(OP, format!("{nnz} entries exceed the u32 range")));
         }
 
         let mut row_offsets = Vec::with_capacity(heads * (nq + 1));
@@ -213,12 +228,12 @@ impl Pattern {
         }
     }
 
-    /// Row offsets [H * (Nq + 1)], counting across heads.
+    /// Returns the row offsets [H * (Nq + 1)], counting across heads.
     pub fn row_offsets(&self) -> &[u32] {
         &self.row_offsets
     }
 
-    /// The key of every kept entry [nnz], ascending within each row.
+    /// Returns the key of every kept entry [nnz], ascending within each row.
     pub fn key_index(&self) -> &[u32] {
         &self.key_index
     }
@@ -228,28 +243,28 @@ impl Pattern {
         self.shared_keys.is_some()
     }
 
-    /// The keys every row of head `h` keeps, for keys-only patterns.
+    /// Returns the keys every row of head `h` keeps, for keys-only patterns.
     pub fn kept_keys(&self, h: usize) -> Option<&[u32]> {
         let shared = self.shared_keys.as_ref()?;
         let (start, end) = (shared[h] as usize, shared[h + 1] as usize);
         Some(&shared[self.heads + 1 + start..self.heads + 1 + end])
     }
 
-    /// The row offsets on the GPU, u32 [H, Nq + 1].
+    /// Returns the row offsets on the GPU, u32 [H, Nq + 1].
     pub fn row_offsets_tensor(&self) -> &Tensor {
         self.device
             .row_offsets
             .get_or_init(|| upload(&[self.heads, self.nq + 1], &self.row_offsets))
     }
 
-    /// The key of every entry on the GPU, u32 [nnz].
+    /// Returns the key of every entry on the GPU, u32 [nnz].
     pub fn key_index_tensor(&self) -> &Tensor {
         self.device
             .key_index
             .get_or_init(|| upload(&[self.nnz()], &self.key_index))
     }
 
-    /// The transposed pattern on the GPU: column offsets [H, Nk + 1] counting across heads, then
+    /// Returns the transposed pattern on the GPU: column offsets [H, Nk + 1] counting across heads, then
     /// the row of every entry in column order [nnz], then its position in row order [nnz].
     pub(super) fn transposed_tensor(&self) -> &Tensor {
         self.device.transposed.get_or_init(|| {
@@ -258,7 +273,7 @@ impl Pattern {
         })
     }
 
-    /// The per-head key lists on the GPU, u32 [H + 1 + kept keys], with the longest list's
+    /// Returns the per-head key lists on the GPU, u32 [H + 1 + kept keys], with the longest list's
     /// length; None unless keys-only.
     pub(super) fn shared_keys_tensor(&self) -> Option<(&Tensor, usize)> {
         let shared = self.shared_keys.as_ref()?;

@@ -105,6 +105,8 @@ pub fn attention_unfused(
             // Any f32 buffer; the kernel reads the bias only with HAS_BIAS.
             _ => norms_bind,
         };
+        // NOTE: a local softmax kernel with the mask and bias fused in, in place of the shared
+        // softmax op, which was not available when this path was written.
         gpu.dispatch(
             &shaders::ATTENTION_DENSE,
             "unfused_softmax",
