@@ -437,9 +437,11 @@ pub fn train(model: &mut Model, data: &TaskData, options: &TrainOptions, out: &P
         .saturating_sub(start_step);
     if trained == 0 {
         // Nothing left to train: report the checkpoint's figures.
+        log::info!("{} is complete at step {start_step}", out.display());
         last_eval = evaluate(model, data, options.batch_size, options.eval_batches, options.attention)?;
+    } else {
+        log::info!("trained {trained} steps in {seconds:.1} s, last training loss {last_loss:.4}");
     }
-    log::info!("trained {trained} steps in {seconds:.1} s, last loss {last_loss:.4}");
     Ok(TrainSummary {
         steps: start_step + trained,
         final_eval: last_eval,
