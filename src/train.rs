@@ -285,7 +285,7 @@ enum Loader {
 }
 
 /// Trains `model` for `options.steps` steps, writing metrics and checkpoints into `out`.
-/// When `out` holds the training state of an earlier run, the run resumes after its last
+/// When `out` contains the training state of an earlier run, the run resumes after its last
 /// checkpoint with the same batches, optimizer moments and schedule.
 pub fn train(model: &mut Model, data: &TaskData, options: &TrainOptions, out: &Path) -> Result<TrainSummary> {
     std::fs::create_dir_all(out).map_err(|e| Error::file(out, format!("cannot create the output folder: {e}")))?;

@@ -21,7 +21,7 @@ impl Var {
     /// Multi-head attention of the fused projection `self` = qkv [B, N, 3 D] -> [B, N, D].
     ///
     /// Without a pattern, `bias` is the prior bias broadcast as [B|1, H|1, N|1, N]. With a
-    /// pattern, attention runs over the kept entries only and `bias` holds one value per kept
+    /// pattern, attention runs over the kept entries only and `bias` has one value per kept
     /// entry, [nnz].
     pub fn attention(
         &self,

@@ -1,5 +1,5 @@
 //! A define-by-run tape. A [`Var`] wraps a GPU tensor; every op on vars records its inputs and
-//! a backward closure that holds what the op saved, right beside the forward call (see
+//! a backward closure that owns what the op saved, right beside the forward call (see
 //! `ops.rs`). [`Var::backward`] walks the recorded graph in reverse topological order,
 //! accumulates gradients, and drops each closure, with its saved tensors, as soon as it ran.
 //!

@@ -83,7 +83,7 @@ pub fn init(options: &GpuOptions) -> Result<&'static Gpu> {
 /// Returns the process-wide context, creating it from the environment on first use.
 ///
 /// # Panics
-/// When no adapter exists; the message says how to install one. GPU tests rely on this to
+/// When no adapter exists; the message tells how to install one. GPU tests rely on this to
 /// fail, never to pass, on a machine without a GPU.
 pub fn get() -> &'static Gpu {
     match init(&GpuOptions::default()) {

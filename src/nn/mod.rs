@@ -12,7 +12,7 @@ use crate::tensor::{DType, Tensor};
 pub use attention::{Attention, AttentionOptions};
 pub use init::SplitMix64;
 
-/// An affine layer. `layout` says how the weight is stored: [out, in] (PyTorch Linear, timm)
+/// An affine layer. `layout` is the storage order of the weight: [out, in] (PyTorch Linear, timm)
 /// or [in, out] (GPT-2 Conv1D).
 pub struct Linear {
     pub weight: Var,

@@ -91,7 +91,7 @@ impl AdamW {
         self.step
     }
 
-    /// Applies one update to every parameter that holds a gradient, with the peak learning
+    /// Applies one update to every parameter that has a gradient, with the peak learning
     /// rates scaled by `lr_factor` (from a [`Schedule`]).
     pub fn step(&mut self, params: &ParamStore, lr_factor: f32) -> Result<()> {
         self.step += 1;
