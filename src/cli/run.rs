@@ -473,7 +473,7 @@ fn render_report(kind: ModelKind, preset: &str, rows: &[Row], seconds: f64, figu
         ModelKind::Gpt => "tokens/s",
     };
     let mut md = format!(
-        "# fiak run: {} `{preset}`\n\nDevice: {} ({:?}, {}). Total time {:.0} s.\n\n",
+        "# fiak run: {} `{preset}`\n\nDevice: {} ({:?}, {}). Time of this invocation {:.0} s (phases resumed from checkpoints are not counted).\n\n",
         match kind {
             ModelKind::Vit => "ViT",
             ModelKind::Gpt => "GPT",
