@@ -36,7 +36,7 @@ pub fn numel(shape: &[usize]) -> usize {
 }
 
 impl Tensor {
-    /// A tensor with undefined contents.
+    /// Allocates a tensor with undefined contents.
     pub fn empty(shape: &[usize], dtype: DType) -> Tensor {
         let bytes = (numel(shape) * dtype.size()) as u64;
         Tensor {
@@ -63,7 +63,7 @@ impl Tensor {
         Self::from_bytes(shape, DType::U32, bytemuck::cast_slice(data), data.len())
     }
 
-    /// A tensor with every element equal to `value`.
+    /// Creates a tensor with every element equal to `value`.
     pub fn full(shape: &[usize], value: f32) -> Tensor {
         let data = vec![value; numel(shape)];
         Self::from_f32(shape, &data).expect("length matches shape")
@@ -154,12 +154,12 @@ impl Tensor {
         self.buffer.raw()
     }
 
-    /// Whether both tensors share one buffer.
+    /// Returns whether both tensors share one buffer.
     pub fn same_buffer(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.buffer, &other.buffer)
     }
 
-    /// The whole tensor as one binding. Tensors over the device's binding limit must be bound
+    /// Binds the whole tensor as one binding. Tensors over the device's binding limit must be bound
     /// in windows with [`Tensor::bind_window`].
     pub fn bind(&self) -> Binding<'_> {
         let gpu = gpu::get();

@@ -64,7 +64,7 @@ fn next_id() -> u64 {
     })
 }
 
-/// Whether ops record onto the tape on this thread.
+/// Returns whether ops record onto the tape on this thread.
 pub fn is_grad_enabled() -> bool {
     GRAD_ENABLED.with(Cell::get)
 }
@@ -78,12 +78,12 @@ pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
 }
 
 impl Var {
-    /// A constant: no gradient flows into it.
+    /// Wraps a constant: no gradient flows into it.
     pub fn constant(value: Tensor) -> Var {
         Var::leaf(value, false)
     }
 
-    /// A leaf that receives a gradient, such as a parameter.
+    /// Wraps a leaf that receives a gradient, such as a parameter.
     pub fn parameter(value: Tensor) -> Var {
         Var::leaf(value, true)
     }
@@ -132,7 +132,7 @@ impl Var {
         self.0.requires_grad
     }
 
-    /// The accumulated gradient of a leaf, if any.
+    /// Returns the accumulated gradient of a leaf, if any.
     pub fn grad(&self) -> Option<Tensor> {
         self.0.grad.borrow().clone()
     }
@@ -141,7 +141,7 @@ impl Var {
         self.0.grad.borrow_mut().take();
     }
 
-    /// A constant with the same value, cut off from the tape.
+    /// Returns a constant with the same value, cut off from the tape.
     pub fn detach(&self) -> Var {
         Var::constant(self.0.value.clone())
     }

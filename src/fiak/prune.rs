@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Result};
 
-/// Where the `scores` ranking runs.
+/// Scope of the `scores` ranking.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum PruneScope {
@@ -19,7 +19,7 @@ pub enum PruneScope {
     Row,
 }
 
-/// What to prune and how much.
+/// Pruning request: the fractions to drop and the ranking scope.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PruneSpec {
     /// Fraction of visible entries to drop in total, in [0, 1).
@@ -114,8 +114,8 @@ impl LayerPriors {
         pi
     }
 
-    /// Whether the priors are uniform over the visible keys of every row, so they carry no
-    /// information to prune by.
+    /// Returns whether the priors are uniform over the visible keys of every row. Uniform
+    /// priors carry no information to prune by.
     pub fn is_uniform(&self) -> bool {
         let n = self.tokens;
         let pi = self.prior_probabilities();
@@ -375,6 +375,7 @@ mod tests {
             })
             .unwrap_err()
             .to_string();
-        assert!(err.contains("1.2") && err.contains("--scores"), "{err}");
+        assert!(err.contains("1.2"), "{err}");
+        assert!(err.contains("--scores"), "{err}");
     }
 }
