@@ -49,7 +49,8 @@ struct Case {
     ideal_speedup: f64,
 }
 
-fn random(shape: &[usize], salt: usize) -> Result<Tensor> {
+/// Fills a tensor with values in [-1, 1) from a hash of the index and `salt`.
+pub(super) fn random(shape: &[usize], salt: usize) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let values: Vec<f32> = (0..n)
         .map(|i| ((i * 2654435761 + salt * 40503) % 2000) as f32 / 1000.0 - 1.0)

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use clap::Args;
 
+use super::bench::random;
 use super::common::{self, DataArgs, FiakArgs, ModelKind, TrainArgs};
 use crate::autograd::no_grad;
 use crate::checkpoint;
@@ -351,15 +352,8 @@ fn attention_time_ms(model: &Model, batch: usize) -> Result<f64> {
     for layer in model.attention_layers() {
         let d = layer.proj.weight.value().dim(0) / layer.heads;
         let shape = [batch, layer.heads, layer.tokens, d];
-        let random = |salt: usize| {
-            let n: usize = shape.iter().product();
-            let values: Vec<f32> = (0..n)
-                .map(|i| ((i * 7919 + salt * 104729) % 2000) as f32 / 1000.0 - 1.0)
-                .collect();
-            Tensor::from_f32(&shape, &values)
-        };
         let bias = layer.dense_bias()?.map(|b| b.value().clone());
-        inputs.push((random(1)?, random(2)?, random(3)?, bias));
+        inputs.push((random(&shape, 1)?, random(&shape, 2)?, random(&shape, 3)?, bias));
     }
     let run = || -> Result<()> {
         for (layer, (q, k, v, bias)) in model.attention_layers().iter().zip(&inputs) {

@@ -50,4 +50,37 @@ impl SplitMix64 {
             items.swap(i, j);
         }
     }
+
+    /// Draws uniformly from [0, 1) with 53 random bits.
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Draws a standard normal value by the Box-Muller transform.
+    pub fn normal(&mut self) -> f64 {
+        let u1 = self.uniform().max(1e-300);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+
+    /// Draws `n` normal values with standard deviation `std`, redrawing any outside two
+    /// deviations, as timm's `trunc_normal_` with bounds at +-2 std.
+    pub fn trunc_normal(&mut self, n: usize, std: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                loop {
+                    let z = self.normal();
+                    if z.abs() <= 2.0 {
+                        break (z * std as f64) as f32;
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Draws `n` untruncated normal values with standard deviation `std`, as GPT-2's
+    /// initialisation.
+    pub fn normal_vec(&mut self, n: usize, std: f32) -> Vec<f32> {
+        (0..n).map(|_| (self.normal() * std as f64) as f32).collect()
+    }
 }

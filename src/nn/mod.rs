@@ -2,15 +2,15 @@
 //! Each constructor registers its parameters in a [`ParamStore`] under the ecosystem's names.
 
 pub mod attention;
-pub mod init;
 
 use crate::autograd::{ParamGroup, ParamStore, Var, WeightLayout};
 use crate::error::Result;
 use crate::ops::elementwise::GeluKind;
 use crate::tensor::{DType, Tensor};
 
+/// The seeded generator of parameter initialisation, shared with the data loaders.
+pub use crate::data::SplitMix64;
 pub use attention::{Attention, AttentionOptions};
-pub use init::SplitMix64;
 
 /// An affine layer. `layout` is the storage order of the weight: [out, in] (PyTorch Linear, timm)
 /// or [in, out] (GPT-2 Conv1D).
