@@ -1,5 +1,5 @@
 //! The one error type of fiak. Messages name the op, the shapes, the file or the flag, and
-//! say what to do.
+//! tell what to do.
 
 use std::path::PathBuf;
 

@@ -26,7 +26,7 @@ shader!(PERMUTE, "permute.wgsl");
 shader!(ATTENTION_DENSE, "attention_dense.wgsl");
 shader!(ATTENTION_GATHERED, "attention_gathered.wgsl");
 
-/// Every shader, for validation tests.
+/// Returns every shader, for validation tests.
 pub fn all() -> Vec<&'static Shader> {
     vec![
         &MATMUL,

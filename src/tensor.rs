@@ -203,7 +203,7 @@ impl Tensor {
         (binding, ((start_byte - offset) / elem) as u32)
     }
 
-    /// The same buffer under another shape with the same element count.
+    /// Returns the same buffer under another shape with the same element count.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
         if numel(shape) != self.numel() {
             return Err(Error::shape(
@@ -222,7 +222,7 @@ impl Tensor {
         })
     }
 
-    /// A new buffer with the same contents.
+    /// Copies the contents into a new buffer.
     pub fn deep_clone(&self) -> Tensor {
         let t = Tensor::empty(&self.shape, self.dtype);
         if self.byte_len() > 0 {

@@ -480,7 +480,7 @@ fn unit(data: &TaskData) -> &'static str {
     }
 }
 
-/// One line with the held-out figures.
+/// Formats the held-out figures as one line.
 pub fn describe(eval: &EvalResult) -> String {
     match (eval.accuracy, eval.perplexity) {
         (Some(acc), _) => format!("accuracy {:.2}%, loss {:.4}", 100.0 * acc, eval.loss),

@@ -57,7 +57,8 @@ fn missing_adapter_fails_with_install_hint() {
 #[test]
 fn invalid_backend_is_rejected() {
     let err = fiak::gpu::parse_backend("opengl-es").unwrap_err().to_string();
-    assert!(err.contains("opengl-es") && err.contains("vulkan"), "{err}");
+    assert!(err.contains("opengl-es"), "{err}");
+    assert!(err.contains("vulkan"), "{err}");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::ops::attention::{self, AttentionConfig, Pattern};
 use crate::ops::permute;
 
-/// Which implementation runs dense attention.
+/// Implementation of dense attention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 pub enum AttentionPath {
     /// The fused online-softmax kernel (FlashAttention style); never materialises Nq x Nk.

@@ -5,7 +5,7 @@ use super::Var;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
-/// How the optimizer treats a parameter.
+/// Optimizer treatment of a parameter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ParamGroup {
     /// Weights of linear layers and embeddings: weight decay applies.

@@ -66,7 +66,7 @@ pub struct TrainArgs {
     pub stop_after: Option<usize>,
 }
 
-/// Where the data comes from.
+/// Data source flags.
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {
     /// Data set: an IDX, CIFAR-10 or image-class folder (ViT), or a text file or folder (GPT);
@@ -99,7 +99,7 @@ pub struct FiakArgs {
     /// Prior of every attention layer
     #[arg(long, value_enum)]
     pub prior: Option<PriorKind>,
-    /// How the priors are learned
+    /// Learning mode of the priors
     #[arg(long, value_enum, default_value_t = PriorLearning::Gd)]
     pub prior_learning: PriorLearning,
     /// Logit kernel of new models
@@ -182,7 +182,7 @@ pub fn load_task(
     }
 }
 
-/// A new model of a preset, sized for the data.
+/// Builds a new model of a preset, sized for the data.
 pub fn new_model(
     kind: ModelKind,
     preset: &str,
@@ -329,7 +329,7 @@ pub fn check_data_fits(model: &Model, data: &TaskData, classes_or_vocab: usize, 
     Ok(())
 }
 
-/// The kind and image shape of a saved model, for loading its data.
+/// Returns the kind and image shape of a saved model, for loading its data.
 pub fn model_data_shape(model: &Model) -> (ModelKind, (usize, usize), Option<ChannelStats>) {
     match model {
         Model::Vit(m) => {

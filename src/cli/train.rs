@@ -36,7 +36,7 @@ pub struct TrainCmd {
     pub train: TrainArgs,
 }
 
-/// Where a run was started from, saved beside its checkpoints so `--resume` finds the data.
+/// Data source of a run, saved beside its checkpoints so `--resume` finds the data.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct RunSource {
     data: Option<PathBuf>,

@@ -9,7 +9,7 @@ pub mod prune;
 pub use crate::ops::attention::LogitKernel;
 pub use prune::{CsrPattern, LayerPriors, PruneScope, PruneSpec};
 
-/// Which mixture priors an attention layer learns.
+/// Mixture priors an attention layer learns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum PriorKind {
@@ -35,7 +35,7 @@ impl PriorKind {
     }
 }
 
-/// How the prior logits are learned.
+/// Learning mode of the prior logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum PriorLearning {

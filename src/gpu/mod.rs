@@ -22,7 +22,7 @@ pub struct Shader {
     pub source: &'static str,
 }
 
-/// Which adapter to use. `None` fields fall back to `FIAK_BACKEND` / `FIAK_ADAPTER`, then to
+/// Adapter selection. `None` fields fall back to `FIAK_BACKEND` / `FIAK_ADAPTER`, then to
 /// the default high-performance adapter of the primary backends (Vulkan, Metal, DX12).
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
@@ -83,7 +83,7 @@ pub fn init(options: &GpuOptions) -> Result<&'static Gpu> {
 /// Returns the process-wide context, creating it from the environment on first use.
 ///
 /// # Panics
-/// When no adapter exists; the message tells how to install one. GPU tests rely on this to
+/// When no adapter exists; the message names how to install one. GPU tests rely on this to
 /// fail, never to pass, on a machine without a GPU.
 pub fn get() -> &'static Gpu {
     match init(&GpuOptions::default()) {
@@ -92,7 +92,7 @@ pub fn get() -> &'static Gpu {
     }
 }
 
-/// How to get a GPU adapter on this operating system.
+/// Returns how to get a GPU adapter on this operating system.
 pub fn install_hint() -> &'static str {
     if cfg!(target_os = "linux") {
         "install a Vulkan driver; on a Linux machine without a GPU, Mesa's software driver \

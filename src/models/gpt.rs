@@ -92,7 +92,7 @@ pub struct Gpt {
 }
 
 impl Gpt {
-    /// A freshly initialised model (GPT-2's initialisation: normal with std 0.02, output
+    /// Builds a freshly initialised model (GPT-2's initialisation: normal with std 0.02, output
     /// projections scaled by 1 / sqrt(2 * n_layer)).
     pub fn new(config: GptConfig, seed: u64) -> Result<Gpt> {
         config.validate()?;

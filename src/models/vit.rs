@@ -119,7 +119,7 @@ pub struct Vit {
 }
 
 impl Vit {
-    /// A freshly initialised model (timm's initialisation: truncated normal, std 0.02).
+    /// Builds a freshly initialised model (timm's initialisation: truncated normal, std 0.02).
     pub fn new(config: VitConfig, seed: u64) -> Result<Vit> {
         config.validate()?;
         let mut rng = SplitMix64::new(seed);

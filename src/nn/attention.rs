@@ -163,7 +163,7 @@ impl Attention {
         }
     }
 
-    /// The dense prior bias b = theta + phi as [H, N, N], or `None` without priors.
+    /// Returns the dense prior bias b = theta + phi as [H, N, N], or `None` without priors.
     pub fn dense_bias(&self) -> Result<Option<Var>> {
         let (h, n) = (self.heads, self.tokens);
         let expanded_key = match &self.key_prior {
@@ -183,7 +183,7 @@ impl Attention {
         })
     }
 
-    /// The bias handed to the attention kernel: [1, H, N|1, N] when dense, [nnz] when pruned.
+    /// Returns the bias handed to the attention kernel: [1, H, N|1, N] when dense, [nnz] when pruned.
     fn kernel_bias(&self) -> Result<Option<Var>> {
         let (h, n) = (self.heads, self.tokens);
         if let Some(pruned) = &self.pruned {

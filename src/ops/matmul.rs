@@ -386,7 +386,7 @@ impl Operands<'_> {
     }
 }
 
-/// Whether the operands suit `matmul_vec4`: B row-major, A row-major or transposed, and every
+/// Returns whether the operands suit `matmul_vec4`: B row-major, A row-major or transposed, and every
 /// row length, offset and batch stride a multiple of 4.
 fn vec4_layout(p: &Problem) -> bool {
     let b_ok = p.b_cs == 1 && p.n.is_multiple_of(4) && p.b_rs.is_multiple_of(4) && p.b_bs.is_multiple_of(4);

@@ -1,4 +1,4 @@
-//! GPU ops: each file holds the forward dispatch of its kernels and the backward kernels beside
+//! GPU ops: each file contains the forward dispatch of its kernels and the backward kernels beside
 //! it. The autograd composes them.
 
 pub mod attention;
