@@ -13,6 +13,7 @@ macro_rules! shader {
 
 shader!(MATMUL, "matmul.wgsl");
 shader!(MATMUL_VEC4, "matmul_vec4.wgsl");
+shader!(MATMUL_SUBGROUP, "matmul_subgroup.wgsl");
 shader!(TRANSPOSE, "transpose.wgsl");
 shader!(ELEMENTWISE, "elementwise.wgsl");
 shader!(EM_PRIOR, "em_prior.wgsl");
@@ -31,6 +32,7 @@ pub fn all() -> Vec<&'static Shader> {
     vec![
         &MATMUL,
         &MATMUL_VEC4,
+        &MATMUL_SUBGROUP,
         &TRANSPOSE,
         &ELEMENTWISE,
         &EM_PRIOR,

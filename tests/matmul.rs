@@ -79,6 +79,23 @@ fn matmul_random_shapes() {
     }
 }
 
+/// Shapes whose rows are multiples of 4 take the vec4 and subgroup kernels of CPU adapters; these
+/// leave partial register blocks (64 x 32 and 8 x 16) on every side.
+#[test]
+fn matmul_vec4_shapes_with_partial_blocks() {
+    let mut rng = Rng::new(4);
+    for (m, n, k) in [(4, 4, 4), (60, 36, 12), (68, 28, 68), (132, 100, 20), (64, 32, 8)] {
+        for trans_a in [false, true] {
+            for trans_b in [false, true] {
+                let batch = 1 + rng.below(2);
+                let with_bias = rng.below(2) == 1;
+                let b_batched = rng.below(2) == 1;
+                check(&mut rng, batch, m, n, k, trans_a, trans_b, with_bias, b_batched);
+            }
+        }
+    }
+}
+
 #[test]
 fn matmul_size_one() {
     let mut rng = Rng::new(2);

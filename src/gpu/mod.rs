@@ -52,6 +52,9 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub matmul_variant: MatmulVariant,
+    /// The device exposes subgroups of exactly 8 lanes (lavapipe on 256-bit SIMD), which the
+    /// subgroup-shuffle kernels for CPU adapters assume. `FIAK_SUBGROUPS=0` turns them off.
+    pub subgroup8: bool,
     pipelines: Mutex<std::collections::HashMap<String, Pipeline>>,
     modules: Mutex<std::collections::HashMap<&'static str, wgpu::ShaderModule>>,
     pool: pool::Pool,
@@ -223,6 +226,14 @@ impl Gpu {
         if profiling && available.contains(wgpu::Features::TIMESTAMP_QUERY) {
             features |= wgpu::Features::TIMESTAMP_QUERY;
         }
+        let subgroup8 = available.contains(wgpu::Features::SUBGROUP)
+            && info.subgroup_min_size == 8
+            && info.subgroup_max_size == 8
+            && info.device_type == wgpu::DeviceType::Cpu
+            && std::env::var("FIAK_SUBGROUPS").map_or(true, |v| v != "0");
+        if subgroup8 {
+            features |= wgpu::Features::SUBGROUP;
+        }
         let descriptor = wgpu::DeviceDescriptor {
             label: Some("fiak"),
             required_features: features,
@@ -252,13 +263,14 @@ impl Gpu {
             None
         };
         log::info!(
-            "GPU: {} ({:?}, {:?}, driver {} {}), matmul {:?}",
+            "GPU: {} ({:?}, {:?}, driver {} {}), matmul {:?}{}",
             info.name,
             info.backend,
             info.device_type,
             info.driver,
             info.driver_info,
-            matmul_variant
+            matmul_variant,
+            if subgroup8 { " with 8-lane subgroups" } else { "" }
         );
 
         Ok(Gpu {
@@ -270,6 +282,7 @@ impl Gpu {
             info,
             limits,
             matmul_variant,
+            subgroup8,
             pipelines: Mutex::default(),
             modules: Mutex::default(),
             profiler,

@@ -346,6 +346,16 @@ impl Operands<'_> {
         };
         let vec4_ok = whole_batch && vec4_layout(p);
         let trans_a = [("TRANS_A", if p.a_rs == 1 && p.a_cs != 1 { 1.0 } else { 0.0 })];
+        if gpu.matmul_variant == MatmulVariant::Registers && vec4_ok && gpu.subgroup8 {
+            return gpu.dispatch(
+                &shaders::MATMUL_SUBGROUP,
+                "matmul_subgroup",
+                &trans_a,
+                bytemuck::bytes_of(&params),
+                &[a_bind, b_bind, bias_bind, c_bind],
+                [super::groups(n, 32), super::groups(m, 64), batch as u32],
+            );
+        }
         if gpu.matmul_variant == MatmulVariant::Registers && vec4_ok {
             let groups = [
                 super::groups(n, REG_TN * REG_WG),
