@@ -40,6 +40,9 @@
 // adapters such as lavapipe. The output rows serve as accumulators between tiles, so no
 // array of width D stays in registers, and one pipeline serves every head width.
 //
+// Tile rows load through mine_* and pick_* (q, k, v, dout), which the Rust side appends from
+// shaders/parts/: plain loads there, or shared through subgroup shuffles on CPU adapters.
+//
 // Grids: forward and backward_dq: x covers Nq in blocks of BLOCK * ROWS rows, y the head, z the
 // batch item. backward_dkdv: x covers the key slots, y the bias slices (see there).
 
@@ -105,6 +108,20 @@ override BLOCK: u32 = 16u;
 @group(0) @binding(9) var<storage, read_write> dk: array<vec4<f32>>;
 @group(0) @binding(10) var<storage, read_write> dv: array<vec4<f32>>;
 @group(0) @binding(11) var<storage, read_write> dbias: array<f32>;
+
+// This invocation's lane in its subgroup of 8, for the shared tile loaders.
+var<private> lane: u32;
+
+// The rows of a tile this lane loads for column chunk c when lanes share tiles.
+struct Pair {
+    first: vec4<f32>,
+    second: vec4<f32>,
+}
+
+// The offsets of the two rows of a tile that this lane loads when lanes share tiles.
+fn my_rows(rows: array<u32, TILE>) -> vec2<u32> {
+    return vec2<u32>(rows[2u * lane], rows[2u * lane + 1u]);
+}
 
 fn has(flag: u32) -> bool {
     return (p.flags & flag) != 0u;
@@ -210,6 +227,7 @@ fn finish_scores(
 
 @compute @workgroup_size(BLOCK)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    lane = lid.x % 8u;
     let d4 = p.d4;
     let blk = row_block(wid, lid);
     let causal = has(CAUSAL);
@@ -236,14 +254,16 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
         if (causal && key_ids[0] > blk.last_row) {
             break;
         }
+        let mine = my_rows(key_rows);
 
         // pass 1: raw scores q . k of ROWS x TILE pairs, and the key norms.
         var s: array<array<f32, TILE>, ROWS>;
         var norms: array<f32, TILE>;
         for (var c = 0u; c < d4; c++) {
+            let mk = mine_k(mine, c);
             var kc: array<vec4<f32>, TILE>;
             for (var t = 0u; t < TILE; t++) {
-                kc[t] = k[key_rows[t] + c];
+                kc[t] = pick_k(key_rows[t], mk, t, c);
             }
             if (gaussian) {
                 for (var t = 0u; t < TILE; t++) {
@@ -281,9 +301,10 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
 
         // pass 3: out = correction * out + weights @ V, accumulated in the output rows.
         for (var c = 0u; c < d4; c++) {
+            let mv = mine_v(mine, c);
             var vc: array<vec4<f32>, TILE>;
             for (var t = 0u; t < TILE; t++) {
-                vc[t] = v[key_rows[t] + c];
+                vc[t] = pick_v(key_rows[t], mv, t, c);
             }
             for (var r = 0u; r < ROWS; r++) {
                 if (blk.first_row + r < p.nq) {
@@ -322,6 +343,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
 // dq_i = scale * sum_j ds_ij k_j with ds_ij = P_ij (dout_i . v_j - D_i); also stores D_i.
 @compute @workgroup_size(BLOCK)
 fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    lane = lid.x % 8u;
     let d4 = p.d4;
     let blk = row_block(wid, lid);
     let causal = has(CAUSAL);
@@ -352,17 +374,20 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         if (causal && key_ids[0] > blk.last_row) {
             break;
         }
+        let mine = my_rows(key_rows);
 
         // pass 1: scores q . k and dP = dout . v of ROWS x TILE pairs.
         var s: array<array<f32, TILE>, ROWS>;
         var dp: array<array<f32, TILE>, ROWS>;
         var norms: array<f32, TILE>;
         for (var c = 0u; c < d4; c++) {
+            let mk = mine_k(mine, c);
+            let mv = mine_v(mine, c);
             var kc: array<vec4<f32>, TILE>;
             var vc: array<vec4<f32>, TILE>;
             for (var t = 0u; t < TILE; t++) {
-                kc[t] = k[key_rows[t] + c];
-                vc[t] = v[key_rows[t] + c];
+                kc[t] = pick_k(key_rows[t], mk, t, c);
+                vc[t] = pick_v(key_rows[t], mv, t, c);
             }
             if (gaussian) {
                 for (var t = 0u; t < TILE; t++) {
@@ -391,9 +416,10 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 
         // pass 3: dq += scale * ds @ K, accumulated in the dq rows.
         for (var c = 0u; c < d4; c++) {
+            let mk = mine_k(mine, c);
             var kc: array<vec4<f32>, TILE>;
             for (var t = 0u; t < TILE; t++) {
-                kc[t] = k[key_rows[t] + c];
+                kc[t] = pick_k(key_rows[t], mk, t, c);
             }
             for (var r = 0u; r < ROWS; r++) {
                 if (blk.first_row + r < p.nq) {
@@ -434,6 +460,7 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 // With KEY_LIST, dk and dv rows of keys outside the lists are left as they are (zero).
 @compute @workgroup_size(BLOCK)
 fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    lane = lid.x % 8u;
     let d4 = p.d4;
     let causal = has(CAUSAL);
     let gaussian = has(GAUSSIAN);
@@ -496,16 +523,19 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
                     tile_lse[t] = lse_saved[p.row_off + bh * p.nq + row];
                     tile_delta[t] = delta_saved[p.row_off + bh * p.nq + row];
                 }
+                let mine = my_rows(q_rows);
 
                 // pass 1: scores and dP of ROWS keys x TILE queries.
                 var s: array<array<f32, TILE>, ROWS>;
                 var dp: array<array<f32, TILE>, ROWS>;
                 for (var c = 0u; c < d4; c++) {
+                    let mq = mine_q(mine, c);
+                    let mg = mine_dout(mine, c);
                     var qc: array<vec4<f32>, TILE>;
                     var gc: array<vec4<f32>, TILE>;
                     for (var t = 0u; t < TILE; t++) {
-                        qc[t] = q[q_rows[t] + c];
-                        gc[t] = dout[q_rows[t] + c];
+                        qc[t] = pick_q(q_rows[t], mq, t, c);
+                        gc[t] = pick_dout(q_rows[t], mg, t, c);
                     }
                     for (var r = 0u; r < ROWS; r++) {
                         let kc = k[key_rows[r] + c];
@@ -549,11 +579,13 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
 
                 // pass 3: dv += P^T @ dout and dk += scale * ds^T @ Q in the output rows.
                 for (var c = 0u; c < d4; c++) {
+                    let mq = mine_q(mine, c);
+                    let mg = mine_dout(mine, c);
                     var qc: array<vec4<f32>, TILE>;
                     var gc: array<vec4<f32>, TILE>;
                     for (var t = 0u; t < TILE; t++) {
-                        qc[t] = q[q_rows[t] + c];
-                        gc[t] = dout[q_rows[t] + c];
+                        qc[t] = pick_q(q_rows[t], mq, t, c);
+                        gc[t] = pick_dout(q_rows[t], mg, t, c);
                     }
                     for (var r = 0u; r < ROWS; r++) {
                         if (first_slot + r < count) {

@@ -24,7 +24,22 @@ shader!(LAYERNORM, "layernorm.wgsl");
 shader!(EMBEDDING, "embedding.wgsl");
 shader!(CROSS_ENTROPY, "cross_entropy.wgsl");
 shader!(PERMUTE, "permute.wgsl");
-shader!(ATTENTION_DENSE, "attention_dense.wgsl");
+/// Fused dense attention with plain tile loads.
+pub static ATTENTION_DENSE: Shader = Shader {
+    file: "attention_dense.wgsl",
+    source: concat!(
+        include_str!("../shaders/attention_dense.wgsl"),
+        include_str!("../shaders/parts/attention_tiles.wgsl")
+    ),
+};
+/// Fused dense attention whose tiles the lanes of an 8-lane subgroup load together.
+pub static ATTENTION_DENSE_SUBGROUP: Shader = Shader {
+    file: "attention_dense.wgsl+subgroup",
+    source: concat!(
+        include_str!("../shaders/attention_dense.wgsl"),
+        include_str!("../shaders/parts/attention_tiles_subgroup.wgsl")
+    ),
+};
 shader!(ATTENTION_GATHERED, "attention_gathered.wgsl");
 
 /// Returns every shader, for validation tests.
@@ -44,6 +59,7 @@ pub fn all() -> Vec<&'static Shader> {
         &CROSS_ENTROPY,
         &PERMUTE,
         &ATTENTION_DENSE,
+        &ATTENTION_DENSE_SUBGROUP,
         &ATTENTION_GATHERED,
     ]
 }

@@ -28,6 +28,16 @@ pub(super) fn block() -> usize {
     }
 }
 
+/// The fused kernels, with tiles shared through subgroup shuffles where the adapter has 8-lane
+/// subgroups (the workgroup is then one subgroup).
+pub(super) fn shader() -> &'static gpu::Shader {
+    if gpu::get().subgroup8 && block() == 8 {
+        &shaders::ATTENTION_DENSE_SUBGROUP
+    } else {
+        &shaders::ATTENTION_DENSE
+    }
+}
+
 fn constants() -> [(&'static str, f64); 1] {
     [("BLOCK", block() as f64)]
 }
@@ -230,7 +240,7 @@ pub(super) fn fused_forward(
         };
         (p.q_off, p.k_off, p.row_off, p.bias_off) = (q_off / 4, k_off / 4, row_off, bias_off);
         gpu.dispatch(
-            &shaders::ATTENTION_DENSE,
+            shader(),
             "forward",
             &constants(),
             bytemuck::bytes_of(&p),
@@ -327,7 +337,7 @@ pub(super) fn fused_backward(
         let list_bind = whole(list);
 
         gpu.dispatch(
-            &shaders::ATTENTION_DENSE,
+            shader(),
             "backward_dq",
             &constants(),
             bytemuck::bytes_of(&p),
@@ -355,7 +365,7 @@ pub(super) fn fused_backward(
         }
         let slices = (items.len() / p.b_inner as usize) * (dims.heads / p.h_inner as usize);
         gpu.dispatch(
-            &shaders::ATTENTION_DENSE,
+            shader(),
             "backward_dkdv",
             &constants(),
             bytemuck::bytes_of(&p),
