@@ -12,7 +12,7 @@ use std::time::Instant;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use fiak::Tensor;
 use fiak::ops::attention::{
-    AttentionConfig, LogitKernel, Pattern, attention_dense, attention_dense_backward, attention_gathered,
+    AttentionConfig, GatheredPath, LogitKernel, Pattern, attention_dense, attention_dense_backward, attention_gathered,
     attention_gathered_backward, attention_unfused, attention_unfused_backward,
 };
 
@@ -107,6 +107,7 @@ impl Inputs {
             cfg: AttentionConfig {
                 causal: false,
                 logits: LogitKernel::Dot,
+                gathered: GatheredPath::Auto,
             },
         }
     }

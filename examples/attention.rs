@@ -4,7 +4,7 @@
 //!     cargo run --release --example attention
 
 use fiak::Tensor;
-use fiak::ops::attention::{AttentionConfig, LogitKernel, Pattern, attention_dense, attention_gathered};
+use fiak::ops::attention::{AttentionConfig, GatheredPath, LogitKernel, Pattern, attention_dense, attention_gathered};
 
 /// Values in [-1, 1) from a hash of the index.
 fn random(shape: &[usize], salt: usize) -> Tensor {
@@ -31,6 +31,7 @@ fn main() -> fiak::Result<()> {
     let config = AttentionConfig {
         causal: false,
         logits: LogitKernel::Dot,
+        gathered: GatheredPath::Auto,
     };
 
     // A prior bias b = log pi broadcast over the batch: [1, H, N, N].

@@ -6,7 +6,9 @@
 //
 // for the kept entries e = (i, j) of row i; with CAUSAL an entry j > i is masked too. A row
 // without a visible entry gets out = 0 and lse = 0. Patterns whose rows share one key list per
-// head run on the fused dense kernels instead (attention_dense.wgsl, KEY_LIST).
+// head run on the fused dense kernels instead (attention_dense.wgsl, KEY_LIST), and so may
+// other patterns, over the union of their rows' keys with the dropped entries masked, where
+// that reads less (see gathered.rs); gather_entries below moves their bias and its gradient.
 //
 // Pattern, u32, shared by the batch:
 //   row_offsets  [H, Nq + 1]  head h, row i owns entries row_offsets[h, i] .. row_offsets[h, i + 1];
@@ -392,4 +394,33 @@ fn backward_dkdv_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Copies per-entry values between the CSR order of a pattern and its key-union grid (see
+// KeyUnion in src/ops/attention/pattern.rs): dst[x] = src[index[x]], or `fill` where
+// index[x] is NONE; without HAS_BIAS the copied value is 0 instead of src[index[x]].
+//
+// Bindings: 1 gather_src [any], 2 gather_index u32 [nnz], 3 gather_dst (rw) [nnz].
+// Params: nnz = the number of values, scale = fill. Grid: x + 65535 y covers nnz in blocks
+// of 64.
+
+const NONE: u32 = 0xffffffffu;
+
+@group(0) @binding(1) var<storage, read> gather_src: array<f32>;
+@group(0) @binding(2) var<storage, read> gather_index: array<u32>;
+@group(0) @binding(3) var<storage, read_write> gather_dst: array<f32>;
+
+@compute @workgroup_size(64)
+fn gather_entries(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let x = (wid.x + 65535u * wid.y) * 64u + lid.x;
+    if (x >= p.nnz) {
+        return;
+    }
+    let index = gather_index[x];
+    var value = p.scale;
+    if (index != NONE) {
+        value = select(0.0, gather_src[index], has(HAS_BIAS));
+    }
+    gather_dst[x] = value;
 }

@@ -8,7 +8,7 @@ mod common;
 use common::reference::attention::{Bias, Problem, broadcast_index, narrow, widen};
 use common::{Rng, assert_close};
 use fiak::ops::attention::{
-    AttentionConfig, LogitKernel, attention_dense, attention_dense_backward, attention_unfused,
+    AttentionConfig, GatheredPath, LogitKernel, attention_dense, attention_dense_backward, attention_unfused,
     attention_unfused_backward,
 };
 use fiak::{DType, Tensor};
@@ -42,6 +42,7 @@ fn config(causal: bool, gaussian: bool) -> AttentionConfig {
         } else {
             LogitKernel::Dot
         },
+        gathered: GatheredPath::Auto,
     }
 }
 

@@ -8,7 +8,7 @@ mod common;
 use common::reference::attention::{Bias, Problem, narrow, widen};
 use common::{Rng, assert_close};
 use fiak::ops::attention::{
-    AttentionConfig, LogitKernel, Pattern, attention_dense, attention_dense_backward, attention_gathered,
+    AttentionConfig, GatheredPath, LogitKernel, Pattern, attention_dense, attention_dense_backward, attention_gathered,
     attention_gathered_backward,
 };
 use fiak::{DType, Tensor};
@@ -36,6 +36,7 @@ fn config(causal: bool, gaussian: bool) -> AttentionConfig {
         } else {
             LogitKernel::Dot
         },
+        gathered: GatheredPath::Auto,
     }
 }
 

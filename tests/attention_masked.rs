@@ -1,13 +1,14 @@
 //! Gathered attention against the fused dense kernel with the pruned entries masked by a bias
 //! of -1e9 (exactly zero weight in f32), forward and backward: random patterns of 10%, 30%,
-//! 70% and 100% kept entries, keys-only layouts, causal patterns, and edge cases.
+//! 70% and 100% kept entries, keys-only layouts, causal patterns, and edge cases. Patterns that
+//! are not keys-only run through both paths: the row kernels and the key-union grid.
 
 mod common;
 
 use common::{Rng, assert_close};
 use fiak::Tensor;
 use fiak::ops::attention::{
-    AttentionConfig, LogitKernel, Pattern, attention_dense, attention_dense_backward, attention_gathered,
+    AttentionConfig, GatheredPath, LogitKernel, Pattern, attention_dense, attention_dense_backward, attention_gathered,
     attention_gathered_backward,
 };
 
@@ -41,6 +42,7 @@ struct Case {
     d: usize,
     causal: bool,
     logits: LogitKernel,
+    path: GatheredPath,
 }
 
 /// Runs gathered attention with per-entry biases and dense attention with the same biases
@@ -53,8 +55,14 @@ fn compare(rng: &mut Rng, case: &Case, pattern: &Pattern, what: &str) {
         d,
         causal,
         logits,
+        path,
     } = *case;
-    let cfg = AttentionConfig { causal, logits };
+    let cfg = AttentionConfig {
+        causal,
+        logits,
+        gathered: path,
+    };
+    let what = format!("{what}, {path:?}");
     let shape = [batch, heads, n, d];
     let count = batch * heads * n * d;
     let q = Tensor::from_f32(&shape, &rng.vec(count, 1.0)).unwrap();
@@ -142,22 +150,25 @@ fn gathered_matches_masked_dense() {
     for keep in [0.1f32, 0.3, 0.7, 1.0] {
         for (n, d) in [(7usize, 16usize), (64, 32), (50, 24)] {
             for causal in [false, true] {
-                let case = Case {
-                    batch: 2,
-                    heads: 3,
-                    n,
-                    d,
-                    causal,
-                    logits: LogitKernel::Dot,
-                };
                 let (offsets, keys) = random_pattern(&mut rng, 3, n, keep, causal);
                 let pattern = Pattern::from_csr(3, n, n, offsets, keys).unwrap();
-                compare(
-                    &mut rng,
-                    &case,
-                    &pattern,
-                    &format!("keep {keep}, n {n}, d {d}, causal {causal}"),
-                );
+                for path in [GatheredPath::Rows, GatheredPath::KeyUnion] {
+                    let case = Case {
+                        batch: 2,
+                        heads: 3,
+                        n,
+                        d,
+                        causal,
+                        logits: LogitKernel::Dot,
+                        path,
+                    };
+                    compare(
+                        &mut rng,
+                        &case,
+                        &pattern,
+                        &format!("keep {keep}, n {n}, d {d}, causal {causal}"),
+                    );
+                }
             }
         }
     }
@@ -166,21 +177,20 @@ fn gathered_matches_masked_dense() {
 #[test]
 fn gathered_gaussian_logits() {
     let mut rng = Rng::new(22);
-    let case = Case {
-        batch: 2,
-        heads: 2,
-        n: 33,
-        d: 16,
-        causal: false,
-        logits: LogitKernel::Gaussian,
-    };
     let (offsets, keys) = random_pattern(&mut rng, 2, 33, 0.3, false);
-    compare(
-        &mut rng,
-        &case,
-        &Pattern::from_csr(2, 33, 33, offsets, keys).unwrap(),
-        "gaussian",
-    );
+    let pattern = Pattern::from_csr(2, 33, 33, offsets, keys).unwrap();
+    for path in [GatheredPath::Rows, GatheredPath::KeyUnion] {
+        let case = Case {
+            batch: 2,
+            heads: 2,
+            n: 33,
+            d: 16,
+            causal: false,
+            logits: LogitKernel::Gaussian,
+            path,
+        };
+        compare(&mut rng, &case, &pattern, "gaussian");
+    }
 }
 
 #[test]
@@ -196,6 +206,7 @@ fn keys_only_pattern() {
         d: 32,
         causal: false,
         logits: LogitKernel::Dot,
+        path: GatheredPath::Auto,
     };
     compare(&mut rng, &case, &pattern, "keys only");
 }
@@ -208,6 +219,7 @@ fn all_kept_equals_dense_without_bias() {
         let cfg = AttentionConfig {
             causal,
             logits: LogitKernel::Dot,
+            gathered: GatheredPath::Auto,
         };
         let shape = [b, h, n, d];
         let q = Tensor::from_f32(&shape, &rng.vec(b * h * n * d, 1.0)).unwrap();
@@ -237,25 +249,25 @@ fn edge_cases() {
         d: 8,
         causal: false,
         logits: LogitKernel::Dot,
+        path: GatheredPath::Auto,
     };
     compare(&mut rng, &case, &Pattern::dense(1, 1, 1, false), "n = 1");
     // Every row keeps exactly one key.
     let offsets: Vec<u32> = (0..=9).collect();
     let keys: Vec<u32> = (0..9).map(|i| (i * 5 % 9) as u32).collect();
-    let case = Case {
-        batch: 1,
-        heads: 1,
-        n: 9,
-        d: 16,
-        causal: false,
-        logits: LogitKernel::Dot,
-    };
-    compare(
-        &mut rng,
-        &case,
-        &Pattern::from_csr(1, 9, 9, offsets, keys).unwrap(),
-        "one key per row",
-    );
+    let pattern = Pattern::from_csr(1, 9, 9, offsets, keys).unwrap();
+    for path in [GatheredPath::Rows, GatheredPath::KeyUnion] {
+        let case = Case {
+            batch: 1,
+            heads: 1,
+            n: 9,
+            d: 16,
+            causal: false,
+            logits: LogitKernel::Dot,
+            path,
+        };
+        compare(&mut rng, &case, &pattern, "one key per row");
+    }
 }
 
 #[test]
@@ -263,24 +275,32 @@ fn empty_row_gives_zeros() {
     let mut rng = Rng::new(26);
     // Row 1 keeps nothing; row 0 keeps a key; causal row 2 keeps only a future key.
     let pattern = Pattern::from_csr(1, 3, 3, vec![0, 1, 1, 2], vec![0, 2]).unwrap();
+    // The key-union grid cannot mask such rows, so asking for it falls back to the row kernels.
+    for path in [GatheredPath::Rows, GatheredPath::KeyUnion] {
+        empty_rows_with(&mut rng, &pattern, path);
+    }
+}
+
+fn empty_rows_with(rng: &mut Rng, pattern: &Pattern, path: GatheredPath) {
     let cfg = AttentionConfig {
         causal: true,
         logits: LogitKernel::Dot,
+        gathered: path,
     };
     let shape = [1, 1, 3, 8];
     let q = Tensor::from_f32(&shape, &rng.vec(24, 1.0)).unwrap();
     let k = Tensor::from_f32(&shape, &rng.vec(24, 1.0)).unwrap();
     let v = Tensor::from_f32(&shape, &rng.vec(24, 1.0)).unwrap();
-    let (out, lse) = attention_gathered(&q, &k, &v, &pattern, None, &cfg).unwrap();
+    let (out, lse) = attention_gathered(&q, &k, &v, pattern, None, &cfg).unwrap();
     let out = out.to_f32_vec();
     assert!(
         out[8..16].iter().all(|&x| x == 0.0),
-        "the empty row is not zero: {:?}",
+        "the empty row is not zero ({path:?}): {:?}",
         &out[8..16]
     );
     let dout = Tensor::from_f32(&shape, &rng.vec(24, 1.0)).unwrap();
     let out_t = Tensor::from_f32(&shape, &out).unwrap();
-    let (dq, dk, dv, _) = attention_gathered_backward(&q, &k, &v, &pattern, None, &out_t, &lse, &dout, &cfg).unwrap();
+    let (dq, dk, dv, _) = attention_gathered_backward(&q, &k, &v, pattern, None, &out_t, &lse, &dout, &cfg).unwrap();
     for (name, t) in [("dq", dq), ("dk", dk), ("dv", dv)] {
         assert!(t.to_f32_vec().iter().all(|x| x.is_finite()), "{name} is not finite");
     }

@@ -14,7 +14,7 @@ use crate::gpu;
 use crate::models::{Gpt, GptConfig, Model, Vit, VitConfig};
 use crate::nn::AttentionOptions;
 use crate::ops::attention::{
-    AttentionConfig, LogitKernel, attention_dense, attention_dense_backward, attention_gathered,
+    AttentionConfig, GatheredPath, LogitKernel, attention_dense, attention_dense_backward, attention_gathered,
     attention_gathered_backward,
 };
 use crate::optim::{AdamW, AdamWConfig};
@@ -88,6 +88,7 @@ fn attention_cases(quick: bool) -> Result<Vec<Case>> {
     let config = AttentionConfig {
         causal: false,
         logits: LogitKernel::Dot,
+        gathered: GatheredPath::Auto,
     };
     let mut cases = Vec::new();
     for &n in sizes {

@@ -6,7 +6,7 @@ use super::{Linear, SplitMix64};
 use crate::autograd::{AttentionPath, ParamGroup, ParamStore, Var, WeightLayout};
 use crate::error::{Error, Result};
 use crate::fiak::{LogitKernel, PriorKind, PriorLearning};
-use crate::ops::attention::{AttentionConfig, Pattern};
+use crate::ops::attention::{AttentionConfig, GatheredPath, Pattern};
 use crate::tensor::{DType, Tensor};
 
 /// Run-time choices that do not change the parameters.
@@ -160,6 +160,7 @@ impl Attention {
         AttentionConfig {
             causal: self.causal,
             logits: self.logits,
+            gathered: GatheredPath::Auto,
         }
     }
 

@@ -7,9 +7,10 @@ use bytemuck::{Pod, Zeroable};
 
 use super::dense::{BiasArg, KeyList, Padded, Saved, block, check_binding, fused_backward, fused_forward};
 use super::{
-    ACCUMULATE_DBIAS, AttentionConfig, CAUSAL, Dims, GAUSSIAN, HAS_BIAS, LogitKernel, Pattern, batch_chunks,
+    ACCUMULATE_DBIAS, AttentionConfig, CAUSAL, Dims, GAUSSIAN, GatheredPath, HAS_BIAS, LogitKernel, Pattern, batch_chunks,
     expect_shape, whole, window,
 };
+use super::pattern::KeyUnion;
 use crate::error::{Error, Result};
 use crate::gpu;
 use crate::ops::groups;
@@ -91,6 +92,70 @@ fn row_params(dims: &Dims, scale: f32, cfg: &AttentionConfig, pattern: &Pattern,
     }
 }
 
+/// The bias of masked grid slots: far below any score, yet finite.
+const MASKED: f32 = -1.0e9;
+
+/// Returns the key-union grid of `pattern` when the fused kernels run it instead of the row
+/// kernels (see [`GatheredPath`]). On CPU adapters with 8-lane subgroups (attention_dense.wgsl)
+/// a grid slot of the fused kernels costs about d / 4 + 1 loads per lane and an entry of the row
+/// kernels 2 d + 2, since rows there share no K or V load; elsewhere the row kernels run.
+fn key_union<'p>(pattern: &'p Pattern, dims: &Dims, cfg: &AttentionConfig) -> Option<&'p KeyUnion> {
+    let path = match (cfg.gathered, std::env::var("FIAK_GATHERED").ok().as_deref()) {
+        (GatheredPath::Auto, Some("rows")) => GatheredPath::Rows,
+        (GatheredPath::Auto, Some("union")) => GatheredPath::KeyUnion,
+        (path, _) => path,
+    };
+    if path == GatheredPath::Rows || pattern.nnz() == 0 {
+        return None;
+    }
+    if path == GatheredPath::Auto && !gpu::get().subgroup8 {
+        return None;
+    }
+    let union = pattern.key_union();
+    let covered = if cfg.causal { union.rows_covered_causal } else { union.rows_covered };
+    if !covered {
+        return None;
+    }
+    let fused_cost = union.slots * (dims.d / 4 + 1);
+    let rows_cost = pattern.nnz() * (2 * dims.d + 2);
+    (path == GatheredPath::KeyUnion || fused_cost < rows_cost).then_some(union)
+}
+
+/// Moves per-entry values between the CSR order and the key-union grid: `dst[x] = src[index[x]]`,
+/// `fill` where the index is NONE, and 0 in place of src when there is none.
+fn gather_entries(src: Option<&Tensor>, index: &Tensor, count: usize, fill: f32) -> Result<Tensor> {
+    let dst = Tensor::empty(&[count.max(1)], DType::F32);
+    let p = RowParams {
+        flags: if src.is_some() { HAS_BIAS } else { 0 },
+        nnz: count as u32,
+        scale: fill,
+        ..RowParams::default()
+    };
+    let blocks = count.div_ceil(64);
+    gpu::get().dispatch(
+        &shaders::ATTENTION_GATHERED,
+        "gather_entries",
+        &[],
+        bytemuck::bytes_of(&p),
+        // Without a source the kernel reads none; the index buffer stands in for it.
+        &[whole(src.unwrap_or(index)), whole(index), whole(&dst)],
+        [blocks.min(65535) as u32, blocks.div_ceil(65535) as u32, 1],
+    )?;
+    Ok(dst)
+}
+
+/// The bias of the key-union grid: the entries' bias in their slots, MASKED elsewhere.
+fn union_bias(union: &KeyUnion, bias: Option<&Tensor>) -> Result<Tensor> {
+    gather_entries(bias, &union.to_entries, union.slots, MASKED)
+}
+
+fn union_list(union: &KeyUnion) -> KeyList<'_> {
+    KeyList {
+        tensor: &union.lists,
+        max_count: union.longest,
+    }
+}
+
 fn constants() -> [(&'static str, f64); 1] {
     [("BLOCK", (block() * 2) as f64)]
 }
@@ -118,6 +183,11 @@ pub fn attention_gathered(
     check_pattern(OP, &dims, pattern, bias)?;
     if let Some(list) = key_list(pattern) {
         return fused_forward(OP, q, k, v, bias_arg(bias), Some(list), &dims, cfg);
+    }
+    if let Some(union) = key_union(pattern, &dims, cfg) {
+        let grid_bias = union_bias(union, bias)?;
+        let list = Some(union_list(union));
+        return fused_forward(OP, q, k, v, BiasArg::Entries(&grid_bias), list, &dims, cfg);
     }
 
     let lse_shape = [dims.batch, dims.heads, dims.nq];
@@ -192,6 +262,17 @@ pub fn attention_gathered_backward(
     let saved = Saved { out, lse, dout };
     if let Some(list) = key_list(pattern) {
         return fused_backward(OP, q, k, v, bias_arg(bias), Some(list), saved, &dims, cfg);
+    }
+    if let Some(union) = key_union(pattern, &dims, cfg) {
+        let grid_bias = union_bias(union, bias)?;
+        let list = Some(union_list(union));
+        let (dq, dk, dv, grid_dbias) =
+            fused_backward(OP, q, k, v, BiasArg::Entries(&grid_bias), list, saved, &dims, cfg)?;
+        let dbias = match (bias, grid_dbias) {
+            (Some(_), Some(grid)) => Some(gather_entries(Some(&grid), &union.to_slots, pattern.nnz(), 0.0)?),
+            _ => None,
+        };
+        return Ok((dq, dk, dv, dbias));
     }
 
     expect_shape(OP, "out", out, q.shape())?;

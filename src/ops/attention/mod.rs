@@ -50,6 +50,22 @@ pub struct AttentionConfig {
     /// Mask the keys j > i of query row i.
     pub causal: bool,
     pub logits: LogitKernel,
+    /// Kernels of gathered attention for patterns that are not keys-only.
+    pub gathered: GatheredPath,
+}
+
+/// How gathered attention runs a pattern whose rows keep different keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GatheredPath {
+    /// The cheaper of the two below for this adapter and pattern; `FIAK_GATHERED=rows|union`
+    /// overrides the choice.
+    #[default]
+    Auto,
+    /// The row kernels: one invocation per query row reads only its kept keys.
+    Rows,
+    /// The fused dense kernels over the union of each head's kept keys, the other entries of
+    /// that grid masked through the bias. Needs every row to keep a visible key.
+    KeyUnion,
 }
 
 // Flags of the kernels' `Params.flags`, as in the shaders.

@@ -36,6 +36,31 @@ struct Device {
     key_index: OnceLock<Tensor>,
     transposed: OnceLock<Tensor>,
     shared_keys: OnceLock<Tensor>,
+    key_union: OnceLock<KeyUnion>,
+}
+
+/// Marks a grid slot of a [`KeyUnion`] that holds no kept entry.
+pub(super) const NONE: u32 = u32::MAX;
+
+/// A pattern seen as per-head key lists: head h's list holds every key that some row of h
+/// keeps, and the [Nq, list length] grid of each head holds the kept entries plus slots to
+/// mask. The fused dense kernels run over such lists with the mask in the bias; on CPU
+/// adapters that reads far less than the row kernels whenever rows share most of their keys.
+#[derive(Clone)]
+pub(super) struct KeyUnion {
+    /// List offsets [H + 1], then the keys of every head's list (the KEY_LIST layout).
+    pub lists: Tensor,
+    pub longest: usize,
+    /// Slots of all heads' grids: sum over h of Nq x list length.
+    pub slots: usize,
+    /// u32 [slots]: the CSR entry of each slot, or NONE.
+    pub to_entries: Tensor,
+    /// u32 [nnz]: the slot of each CSR entry.
+    pub to_slots: Tensor,
+    /// Every row keeps a key, and with a causal mask a key j <= i: masking then never empties
+    /// a row, so the grid gives the same result as the entries.
+    pub rows_covered: bool,
+    pub rows_covered_causal: bool,
 }
 
 impl std::fmt::Debug for Pattern {
@@ -285,6 +310,60 @@ impl Pattern {
         Some((tensor, longest))
     }
 
+    /// Returns the pattern as per-head key lists over the union of their rows' keys.
+    pub(super) fn key_union(&self) -> &KeyUnion {
+        self.device.key_union.get_or_init(|| {
+            let (heads, nq, nk) = (self.heads, self.nq, self.nk);
+            let mut lists = vec![0u32];
+            let mut keys = Vec::new();
+            let mut to_entries = Vec::new();
+            let mut to_slots = vec![0u32; self.nnz()];
+            let (mut rows_covered, mut rows_covered_causal) = (true, true);
+            for h in 0..heads {
+                let entries = |i: usize| {
+                    let at = h * (nq + 1) + i;
+                    self.row_offsets[at] as usize..self.row_offsets[at + 1] as usize
+                };
+                let mut kept = vec![false; nk];
+                for i in 0..nq {
+                    for e in entries(i) {
+                        kept[self.key_index[e] as usize] = true;
+                    }
+                }
+                let list: Vec<u32> = (0..nk as u32).filter(|&j| kept[j as usize]).collect();
+                let mut slot_of = vec![NONE; nk];
+                for (t, &j) in list.iter().enumerate() {
+                    slot_of[j as usize] = t as u32;
+                }
+                for i in 0..nq {
+                    let row = entries(i);
+                    rows_covered &= !row.is_empty();
+                    rows_covered_causal &= !row.is_empty() && self.key_index[row.start] as usize <= i;
+                    let base = to_entries.len();
+                    to_entries.resize(base + list.len(), NONE);
+                    for e in row {
+                        let slot = base + slot_of[self.key_index[e] as usize] as usize;
+                        to_entries[slot] = e as u32;
+                        to_slots[e] = slot as u32;
+                    }
+                }
+                keys.extend_from_slice(&list);
+                lists.push(keys.len() as u32);
+            }
+            let longest = (0..heads).map(|h| (lists[h + 1] - lists[h]) as usize).max().unwrap_or(0);
+            lists.extend(keys);
+            KeyUnion {
+                lists: upload(&[lists.len()], &lists),
+                longest,
+                slots: to_entries.len(),
+                to_entries: upload(&[to_entries.len().max(1)], &to_entries_or_none(to_entries)),
+                to_slots: upload(&[to_slots.len().max(1)], &to_entries_or_none(to_slots)),
+                rows_covered,
+                rows_covered_causal,
+            }
+        })
+    }
+
     /// Builds the CSC form: column offsets, rows in column order and their entry positions.
     fn transpose(&self) -> Vec<u32> {
         let (heads, nq, nk, nnz) = (self.heads, self.nq, self.nk, self.nnz());
@@ -325,6 +404,14 @@ impl Pattern {
         }
         data
     }
+}
+
+/// Keeps a map non-empty, so that it can be bound.
+fn to_entries_or_none(mut map: Vec<u32>) -> Vec<u32> {
+    if map.is_empty() {
+        map.push(NONE);
+    }
+    map
 }
 
 fn upload(shape: &[usize], data: &[u32]) -> Tensor {
