@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use crate::autograd::{AttentionPath, Var, no_grad};
 use crate::checkpoint::{self, TensorData};
-use crate::data::{ImageDataset, ImageLoader, LoaderState, TextLoader, image_eval_batches, text_eval_batches};
+use crate::data::{Augment, ImageDataset, ImageLoader, LoaderState, TextLoader, image_eval_batches, text_eval_batches};
 use crate::error::{Error, Result};
 use crate::models::{Model, patchify};
 use crate::nn::AttentionOptions;
@@ -42,6 +42,9 @@ pub struct TrainOptions {
     pub eval_batches: Option<usize>,
     pub seed: u64,
     pub label_smoothing: f32,
+    /// Random flips and shifts of training images.
+    #[serde(default)]
+    pub augment: Augment,
     pub attention: AttentionPath,
     /// Show a progress bar on stderr.
     pub progress: bool,
@@ -62,6 +65,7 @@ impl Default for TrainOptions {
             eval_batches: None,
             seed: 0,
             label_smoothing: 0.0,
+            augment: Augment::NONE,
             attention: AttentionPath::Fused,
             progress: true,
             stop_after: None,
@@ -326,7 +330,8 @@ pub fn train(model: &mut Model, data: &TaskData, options: &TrainOptions, out: &P
             let l = match &resumed {
                 Some(s) => ImageLoader::restore(train.clone(), options.batch_size, true, &s.loader)?,
                 None => ImageLoader::new(train.clone(), options.batch_size, true, options.seed)?,
-            };
+            }
+            .with_augment(options.augment);
             Loader::Images(l.prefetch(2))
         }
         TaskData::Text { train, .. } => {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::Rng;
 use fiak::data::{
-    BatchSource, ImageDataset, ImageLoader, LoaderState, Split, TextLoader, TokenizerKind, cifar, idx,
+    Augment, BatchSource, ImageDataset, ImageLoader, LoaderState, Split, TextLoader, TokenizerKind, cifar, idx,
     image_eval_batches, load_image_dataset, load_text, text_eval_batches,
 };
 
@@ -641,6 +641,88 @@ fn image_loader_restore_continues() {
     let state: LoaderState = serde_json::from_str(&json).unwrap();
     let mut restored = ImageLoader::restore(dataset, 4, true, &state).unwrap();
     assert_eq!(image_order(&mut restored, 6), expected);
+}
+
+/// Images 3 x 4 whose pixel (y, x) holds 100 * i + 10 * y + x + 1, so zero marks fill.
+fn gradient_dataset(n: usize) -> Arc<ImageDataset> {
+    let (h, w) = (3, 4);
+    let images = (0..n)
+        .flat_map(|i| (0..h * w).map(move |p| (100 * i + 10 * (p / w) + p % w + 1) as f32))
+        .collect();
+    Arc::new(ImageDataset {
+        images,
+        labels: vec![0; n],
+        len: n,
+        channels: 1,
+        height: h,
+        width: w,
+        classes: 1,
+        class_names: vec!["0".to_string()],
+    })
+}
+
+#[test]
+fn image_augment_flips_and_shifts() {
+    let dataset = gradient_dataset(8);
+    let flip = Augment { flip: true, shift: 0 };
+    let batch = ImageLoader::new(dataset.clone(), 8, false, 3)
+        .unwrap()
+        .with_augment(flip)
+        .next_batch();
+    let mut flipped = 0;
+    for (i, image) in batch.images.chunks(12).enumerate() {
+        let original = &dataset.images[i * 12..(i + 1) * 12];
+        let mirrored: Vec<f32> = original.chunks(4).flat_map(|row| row.iter().rev().copied()).collect();
+        assert!(
+            image == original || image == mirrored.as_slice(),
+            "image {i}: {image:?}"
+        );
+        flipped += (image == mirrored.as_slice()) as usize;
+    }
+    assert!((1..8).contains(&flipped), "{flipped} of 8 images flipped");
+
+    // A shift of 1 moves the content by at most one pixel and fills the rest with zeros.
+    let shift = Augment { flip: false, shift: 1 };
+    let batch = ImageLoader::new(dataset.clone(), 8, false, 3)
+        .unwrap()
+        .with_augment(shift)
+        .next_batch();
+    let mut moved = 0;
+    for (i, image) in batch.images.chunks(12).enumerate() {
+        let original = &dataset.images[i * 12..(i + 1) * 12];
+        let found = (-1isize..=1)
+            .flat_map(|dy| (-1isize..=1).map(move |dx| (dy, dx)))
+            .any(|(dy, dx)| {
+                (0..12).all(|p| {
+                    let (y, x) = ((p / 4) as isize - dy, (p % 4) as isize - dx);
+                    let want = if (0..3).contains(&y) && (0..4).contains(&x) {
+                        original[(y * 4 + x) as usize]
+                    } else {
+                        0.0
+                    };
+                    image[p] == want
+                })
+            });
+        assert!(found, "image {i} is no shift of the original: {image:?}");
+        moved += (image != original) as usize;
+    }
+    assert!(moved > 0, "no image moved");
+}
+
+#[test]
+fn image_augment_resumes_exactly() {
+    let dataset = gradient_dataset(10);
+    let augment = Augment { flip: true, shift: 1 };
+    let mut loader = ImageLoader::new(dataset.clone(), 4, true, 5)
+        .unwrap()
+        .with_augment(augment);
+    image_order(&mut loader, 3);
+    let state = loader.state();
+    let expected = image_order(&mut loader, 5);
+    let mut restored = ImageLoader::restore(dataset, 4, true, &state)
+        .unwrap()
+        .with_augment(augment);
+    assert_eq!(image_order(&mut restored, 5), expected);
 }
 
 #[test]

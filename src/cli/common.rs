@@ -52,6 +52,12 @@ pub struct TrainArgs {
     /// Label smoothing of the classification loss
     #[arg(long, default_value_t = 0.0)]
     pub label_smoothing: f32,
+    /// Mirror training images left to right at random (images only)
+    #[arg(long)]
+    pub flip: bool,
+    /// Shift training images by up to N pixels at random, filling with zeros (images only)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub shift: usize,
     /// Seed of initialisation and data order
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -300,6 +306,10 @@ pub fn train_options(kind: ModelKind, preset: &str, args: &TrainArgs, train_len:
         }),
         seed: args.seed,
         label_smoothing: args.label_smoothing,
+        augment: crate::data::Augment {
+            flip: args.flip,
+            shift: args.shift,
+        },
         attention: args.attention,
         progress: !args.quiet,
         stop_after: args.stop_after,

@@ -58,6 +58,53 @@ pub struct TextBatch {
     pub context: usize,
 }
 
+/// Random changes to each training image. They are drawn from the loader's seed, the epoch and
+/// the image's place in the epoch, so a resumed run draws the same ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Augment {
+    /// Mirror left to right with probability 1/2.
+    pub flip: bool,
+    /// Translate by up to this many pixels along each axis, filling with zeros (a random crop
+    /// of the image padded by `shift` on every side).
+    pub shift: usize,
+}
+
+impl Augment {
+    /// No change.
+    pub const NONE: Augment = Augment { flip: false, shift: 0 };
+
+    fn is_none(&self) -> bool {
+        !self.flip && self.shift == 0
+    }
+
+    /// Applies the draw of `rng` to one [C, H, W] image.
+    fn apply(&self, rng: &mut SplitMix64, image: &[f32], shape: [usize; 3], out: &mut Vec<f32>) {
+        let [channels, height, width] = shape;
+        let flip = self.flip && rng.next_u64() & 1 == 1;
+        let span = 2 * self.shift as u64 + 1;
+        let dy = (rng.next_u64() % span) as isize - self.shift as isize;
+        let dx = (rng.next_u64() % span) as isize - self.shift as isize;
+        for c in 0..channels {
+            let plane = &image[c * height * width..(c + 1) * height * width];
+            for y in 0..height as isize {
+                let sy = y - dy;
+                for x in 0..width as isize {
+                    let mut sx = x - dx;
+                    if flip {
+                        sx = width as isize - 1 - sx;
+                    }
+                    let inside = (0..height as isize).contains(&sy) && (0..width as isize).contains(&sx);
+                    out.push(if inside {
+                        plane[sy as usize * width + sx as usize]
+                    } else {
+                        0.0
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// Endless training batches of a fixed size over an image dataset. Each epoch visits the images
 /// in a fresh order (when shuffling) and drops the last `len % batch_size` of them, so every
 /// batch contains exactly `batch_size` images.
@@ -71,6 +118,7 @@ pub struct ImageLoader {
     order: Vec<usize>,
     position: usize,
     epoch: u64,
+    augment: Augment,
 }
 
 impl ImageLoader {
@@ -120,6 +168,7 @@ impl ImageLoader {
             epoch_start: state.rng_state,
             position: 0,
             epoch: state.epoch,
+            augment: Augment::NONE,
         };
         loader.start_epoch();
         loader.position = state.position;
@@ -134,6 +183,12 @@ impl ImageLoader {
             self.rng.shuffle(&mut self.order);
         }
         self.position = 0;
+    }
+
+    /// Changes every training image as `augment` says.
+    pub fn with_augment(mut self, augment: Augment) -> ImageLoader {
+        self.augment = augment;
+        self
     }
 
     /// Completed passes over the dataset.
@@ -164,9 +219,22 @@ impl BatchSource for ImageLoader {
             self.epoch += 1;
             self.start_epoch();
         }
-        let indices = &self.order[self.position..self.position + self.batch_size];
+        let first = self.position;
+        let indices = &self.order[first..first + self.batch_size];
         self.position += self.batch_size;
-        gather_images(&self.dataset, indices)
+        let mut batch = gather_images(&self.dataset, indices);
+        if !self.augment.is_none() {
+            let d = &self.dataset;
+            let shape = [d.channels, d.height, d.width];
+            let mut images = Vec::with_capacity(batch.images.len());
+            for (k, image) in batch.images.chunks(d.image_len()).enumerate() {
+                let place = self.epoch.wrapping_mul(1 << 32) ^ (first + k) as u64;
+                let mut rng = SplitMix64::new(self.seed ^ place.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                self.augment.apply(&mut rng, image, shape, &mut images);
+            }
+            batch.images = images;
+        }
+        batch
     }
 
     fn state(&self) -> LoaderState {

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 pub use dataset::{ChannelStats, ImageDataset, Split};
 pub use loader::{
-    BatchSource, ImageBatch, ImageLoader, LoaderState, Prefetcher, TextBatch, TextLoader, image_eval_batches,
+    Augment, BatchSource, ImageBatch, ImageLoader, LoaderState, Prefetcher, TextBatch, TextLoader, image_eval_batches,
     text_eval_batches,
 };
 pub use rng::SplitMix64;

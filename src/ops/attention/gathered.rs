@@ -6,11 +6,11 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::dense::{BiasArg, KeyList, Padded, Saved, block, check_binding, fused_backward, fused_forward};
-use super::{
-    ACCUMULATE_DBIAS, AttentionConfig, CAUSAL, Dims, GAUSSIAN, GatheredPath, HAS_BIAS, LogitKernel, Pattern, batch_chunks,
-    expect_shape, whole, window,
-};
 use super::pattern::KeyUnion;
+use super::{
+    ACCUMULATE_DBIAS, AttentionConfig, CAUSAL, Dims, GAUSSIAN, GatheredPath, HAS_BIAS, LogitKernel, Pattern,
+    batch_chunks, expect_shape, whole, window,
+};
 use crate::error::{Error, Result};
 use crate::gpu;
 use crate::ops::groups;
@@ -112,7 +112,11 @@ fn key_union<'p>(pattern: &'p Pattern, dims: &Dims, cfg: &AttentionConfig) -> Op
         return None;
     }
     let union = pattern.key_union();
-    let covered = if cfg.causal { union.rows_covered_causal } else { union.rows_covered };
+    let covered = if cfg.causal {
+        union.rows_covered_causal
+    } else {
+        union.rows_covered
+    };
     if !covered {
         return None;
     }

@@ -350,7 +350,10 @@ impl Pattern {
                 keys.extend_from_slice(&list);
                 lists.push(keys.len() as u32);
             }
-            let longest = (0..heads).map(|h| (lists[h + 1] - lists[h]) as usize).max().unwrap_or(0);
+            let longest = (0..heads)
+                .map(|h| (lists[h + 1] - lists[h]) as usize)
+                .max()
+                .unwrap_or(0);
             lists.extend(keys);
             KeyUnion {
                 lists: upload(&[lists.len()], &lists),
