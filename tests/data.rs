@@ -728,7 +728,7 @@ fn image_augment_resumes_exactly() {
 #[test]
 fn image_loader_rejects_large_batch() {
     let message = error_text(ImageLoader::new(numbered_dataset(3), 4, true, 0).map(|_| ()));
-    assert!(message.contains("batch size"), "{message}");
+    assert!(message.contains("--batch-size"), "{message}");
 }
 
 #[test]

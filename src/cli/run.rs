@@ -148,7 +148,7 @@ pub fn run(cmd: &RunCmd) -> Result<()> {
     let fiak_dir = out.join("fiak");
     if cmd.from_scratch {
         log::info!(
-            "phase 2/4: FiAK ({prior:?}, {:?}) from scratch, {} steps",
+            "phase 2/4: FiAK ({prior}, {}) from scratch, {} steps",
             cmd.fiak.prior_learning,
             base.steps
         );
@@ -157,7 +157,7 @@ pub fn run(cmd: &RunCmd) -> Result<()> {
     } else {
         let steps = phase_steps(cmd.prior_steps);
         log::info!(
-            "phase 2/4: FiAK priors ({prior:?}, {:?}) from the baseline, {steps} steps",
+            "phase 2/4: FiAK priors ({prior}, {}) from the baseline, {steps} steps",
             cmd.fiak.prior_learning
         );
         let mut m = Model::load(&dense_dir)?;
@@ -176,7 +176,10 @@ pub fn run(cmd: &RunCmd) -> Result<()> {
         ),
     ] {
         log::info!(
-            "phase 3-4/4: {name}: prune {spec:?}, fine-tune {} steps",
+            "phase 3-4/4: {name}: prune {:.0}% of the scores ({:.0}% of the keys first, scope {}), fine-tune {} steps",
+            100.0 * spec.scores,
+            100.0 * spec.keys,
+            format!("{:?}", spec.scope).to_lowercase(),
             finetune.steps
         );
         let mut model = Model::load(&fiak_dir)?;
@@ -216,7 +219,7 @@ pub fn run(cmd: &RunCmd) -> Result<()> {
                 .map(|p| (name.clone(), p))
         })
         .collect();
-    figures::loss_curves(&figures_dir.join("loss_curves.png"), &curves)?;
+    let loss_caption = figures::loss_curves(&figures_dir.join("loss_curves.png"), &curves)?;
 
     let report = render_report(
         kind,
@@ -225,10 +228,11 @@ pub fn run(cmd: &RunCmd) -> Result<()> {
         started.elapsed().as_secs_f64(),
         &figures_dir,
         &out,
+        &loss_caption,
     );
     checkpoint::write_atomic(&out.join("report.md"), report.as_bytes())?;
     let json = serde_json::json!({
-        "model": kind_name, "preset": preset, "prior": format!("{prior:?}"), "learning": format!("{:?}", cmd.fiak.prior_learning),
+        "model": kind_name, "preset": preset, "prior": prior.to_string(), "learning": cmd.fiak.prior_learning.to_string(),
         "from_scratch": cmd.from_scratch, "seconds": started.elapsed().as_secs_f64(),
         "device": crate::gpu::get().info.name, "rows": rows,
     });
@@ -456,7 +460,15 @@ fn draw_patterns(name: &str, model: &Model, figures_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn render_report(kind: ModelKind, preset: &str, rows: &[Row], seconds: f64, figures_dir: &Path, out: &Path) -> String {
+fn render_report(
+    kind: ModelKind,
+    preset: &str,
+    rows: &[Row],
+    seconds: f64,
+    figures_dir: &Path,
+    out: &Path,
+    loss_caption: &str,
+) -> String {
     let gpu = crate::gpu::get();
     let metric = match kind {
         ModelKind::Vit => "test accuracy",
@@ -511,7 +523,11 @@ fn render_report(kind: ModelKind, preset: &str, rows: &[Row], seconds: f64, figu
     names.sort();
     for name in names {
         let relative = figures_dir.strip_prefix(out).unwrap_or(figures_dir).join(&name);
-        md.push_str(&format!("- ![{name}]({})\n", relative.display()));
+        md.push_str(&format!("- ![{name}]({})", relative.display()));
+        if name == "loss_curves.png" {
+            md.push_str(&format!(": {loss_caption}"));
+        }
+        md.push('\n');
     }
     md
 }

@@ -72,7 +72,7 @@ pub fn run(cmd: &TrainCmd) -> Result<()> {
                 && prior != model.fiak().prior
             {
                 log::warn!(
-                    "--prior {prior:?} is ignored: {} has {:?} priors already",
+                    "--prior {prior} is ignored: {} has {} priors already",
                     dir.display(),
                     model.fiak().prior
                 );
@@ -82,7 +82,7 @@ pub fn run(cmd: &TrainCmd) -> Result<()> {
                 && model.fiak().prior == PriorKind::None
             {
                 log::info!(
-                    "adding {prior:?} priors ({:?}) to {}; outputs are unchanged",
+                    "adding {prior} priors ({}) to {}; outputs are unchanged",
                     cmd.fiak.prior_learning,
                     dir.display()
                 );

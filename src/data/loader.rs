@@ -142,7 +142,7 @@ impl ImageLoader {
     ) -> Result<ImageLoader> {
         if batch_size == 0 || batch_size > dataset.len {
             return Err(Error::invalid(
-                "batch size",
+                "--batch-size",
                 batch_size,
                 format!("must be between 1 and the dataset's {} images", dataset.len),
             ));
@@ -305,7 +305,7 @@ impl TextLoader {
         state: &LoaderState,
     ) -> Result<TextLoader> {
         if batch_size == 0 {
-            return Err(Error::invalid("batch size", batch_size, "must be at least 1"));
+            return Err(Error::invalid("--batch-size", batch_size, "must be at least 1"));
         }
         if context == 0 || tokens.len() < context + 1 {
             return Err(Error::invalid(

@@ -66,8 +66,10 @@ pub fn cell_size(n: usize) -> usize {
     (256 / n.max(1)).clamp(1, 16)
 }
 
-/// Plots loss curves, one colour per series of (step, loss) points, on shared axes.
-pub fn loss_curves(path: &Path, series: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
+/// Plots loss curves, one colour per series of (step, loss) points, on shared axes, and returns
+/// a caption with the axes' ranges and the colour of each series (the image holds no text).
+pub fn loss_curves(path: &Path, series: &[(String, Vec<(f64, f64)>)]) -> Result<String> {
+    const COLOUR_NAMES: [&str; 6] = ["blue", "orange", "green", "red", "purple", "brown"];
     let (width, height, margin) = (640u32, 360u32, 24i64);
     let mut image = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
     let points: Vec<(f64, f64)> = series
@@ -76,7 +78,8 @@ pub fn loss_curves(path: &Path, series: &[(String, Vec<(f64, f64)>)]) -> Result<
         .filter(|p| p.1.is_finite())
         .collect();
     if points.is_empty() {
-        return save(&image, path);
+        save(&image, path)?;
+        return Ok("no training losses recorded".to_string());
     }
     let (x_max, y_min, y_max) = points
         .iter()
@@ -118,7 +121,16 @@ pub fn loss_curves(path: &Path, series: &[(String, Vec<(f64, f64)>)]) -> Result<
             }
         }
     }
-    save(&image, path)
+    save(&image, path)?;
+    let legend: Vec<String> = series
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| format!("{} {name}", COLOUR_NAMES[i % COLOUR_NAMES.len()]))
+        .collect();
+    Ok(format!(
+        "training loss against the step of each phase (x from 0 to {x_max:.0}, y from {y_min:.3} at the bottom to {y_max:.3} at the top): {}",
+        legend.join(", ")
+    ))
 }
 
 /// Reads (step, loss) points of the training steps from a `metrics.jsonl`.

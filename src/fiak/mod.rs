@@ -35,6 +35,18 @@ impl PriorKind {
     }
 }
 
+impl std::fmt::Display for PriorKind {
+    /// Writes the name the command line and config.json use.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PriorKind::None => "none",
+            PriorKind::Entry => "entry",
+            PriorKind::Key => "key",
+            PriorKind::EntryKey => "entry+key",
+        })
+    }
+}
+
 /// Learning mode of the prior logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -43,6 +55,16 @@ pub enum PriorLearning {
     Gd,
     /// A soft-EM M-step with momentum after each optimizer step; no gradient.
     Em,
+}
+
+impl std::fmt::Display for PriorLearning {
+    /// Writes the name the command line and config.json use.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PriorLearning::Gd => "gd",
+            PriorLearning::Em => "em",
+        })
+    }
 }
 
 /// The FiAK settings of a model.

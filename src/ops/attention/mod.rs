@@ -37,11 +37,24 @@ use crate::tensor::{DType, Tensor};
 
 /// Function that turns a query and a key into an attention score.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogitKernel {
     /// `q . k / sqrt(d)`: standard softmax attention.
+    #[serde(alias = "Dot")]
     Dot,
     /// `-|q - k|^2 / (2 sqrt(d))`: the Gaussian-mixture form of FiAK.
+    #[serde(alias = "Gaussian")]
     Gaussian,
+}
+
+impl std::fmt::Display for LogitKernel {
+    /// Writes the name the command line and config.json use.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogitKernel::Dot => "dot",
+            LogitKernel::Gaussian => "gaussian",
+        })
+    }
 }
 
 /// Options shared by every attention op. The scale is always `1 / sqrt(d)`.
