@@ -92,6 +92,7 @@ fn attention_cases(quick: bool) -> Result<Vec<Case>> {
     };
     let mut cases = Vec::new();
     for &n in sizes {
+        log::info!("measuring attention at N = {n}");
         let q = random(&[batch, heads, n, d], 1)?;
         let k = random(&[batch, heads, n, d], 2)?;
         let v = random(&[batch, heads, n, d], 3)?;
@@ -228,6 +229,7 @@ fn model_cases(quick: bool) -> Result<Vec<Case>> {
         let mut dense_ms = 0.0;
         let variant_count = if quick { 2 } else { variants.len() };
         for (name, spec) in variants.iter().take(variant_count) {
+            log::info!("measuring {group}: {name}");
             let model = bench_model(vit, preset, spec.as_ref())?;
             let kept = accounting::model_cost(&model.attention_layers()).kept_scores;
             let mut optimizer = AdamW::new(AdamWConfig::default(), model.params());

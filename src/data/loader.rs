@@ -185,7 +185,7 @@ impl ImageLoader {
         self.position = 0;
     }
 
-    /// Changes every training image as `augment` says.
+    /// Sets the random flips and shifts applied to every training image.
     pub fn with_augment(mut self, augment: Augment) -> ImageLoader {
         self.augment = augment;
         self

@@ -97,8 +97,9 @@ const MASKED: f32 = -1.0e9;
 
 /// Returns the key-union grid of `pattern` when the fused kernels run it instead of the row
 /// kernels (see [`GatheredPath`]). On CPU adapters with 8-lane subgroups (attention_dense.wgsl)
-/// a grid slot of the fused kernels costs about d / 4 + 1 loads per lane and an entry of the row
-/// kernels 2 d + 2, since rows there share no K or V load; elsewhere the row kernels run.
+/// a grid slot of the fused kernels costs about d / 4 + 1 loads per lane. An entry of the row
+/// kernels costs 2 d + 2, because rows there share no K or V load. Other adapters run the row
+/// kernels.
 fn key_union<'p>(pattern: &'p Pattern, dims: &Dims, cfg: &AttentionConfig) -> Option<&'p KeyUnion> {
     let path = match (cfg.gathered, std::env::var("FIAK_GATHERED").ok().as_deref()) {
         (GatheredPath::Auto, Some("rows")) => GatheredPath::Rows,
@@ -141,14 +142,14 @@ fn gather_entries(src: Option<&Tensor>, index: &Tensor, count: usize, fill: f32)
         "gather_entries",
         &[],
         bytemuck::bytes_of(&p),
-        // Without a source the kernel reads none; the index buffer stands in for it.
+        // Without a source the kernel reads none, so the index buffer takes its binding.
         &[whole(src.unwrap_or(index)), whole(index), whole(&dst)],
         [blocks.min(65535) as u32, blocks.div_ceil(65535) as u32, 1],
     )?;
     Ok(dst)
 }
 
-/// The bias of the key-union grid: the entries' bias in their slots, MASKED elsewhere.
+/// Builds the bias of the key-union grid: the entries' bias in their slots, MASKED elsewhere.
 fn union_bias(union: &KeyUnion, bias: Option<&Tensor>) -> Result<Tensor> {
     gather_entries(bias, &union.to_entries, union.slots, MASKED)
 }

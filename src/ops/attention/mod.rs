@@ -67,7 +67,7 @@ pub struct AttentionConfig {
     pub gathered: GatheredPath,
 }
 
-/// How gathered attention runs a pattern whose rows keep different keys.
+/// Kernel choice of gathered attention for a pattern whose rows keep different keys.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GatheredPath {
     /// The cheaper of the two below for this adapter and pattern; `FIAK_GATHERED=rows|union`
