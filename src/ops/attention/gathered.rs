@@ -121,7 +121,8 @@ fn key_union<'p>(pattern: &'p Pattern, dims: &Dims, cfg: &AttentionConfig) -> Op
     if !covered {
         return None;
     }
-    let fused_cost = union.slots * (dims.d / 4 + 1);
+    let scored = if cfg.causal { union.causal_slots } else { union.slots };
+    let fused_cost = scored * (dims.d / 4 + 1);
     let rows_cost = pattern.nnz() * (2 * dims.d + 2);
     (path == GatheredPath::KeyUnion || fused_cost < rows_cost).then_some(union)
 }

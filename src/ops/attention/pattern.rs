@@ -53,6 +53,8 @@ pub(super) struct KeyUnion {
     pub longest: usize,
     /// Slots of all heads' grids: sum over h of Nq x list length.
     pub slots: usize,
+    /// The slots whose key j <= i, which are all a causal mask leaves the kernels to score.
+    pub causal_slots: usize,
     /// u32 [slots]: the CSR entry of each slot, or NONE.
     pub to_entries: Tensor,
     /// u32 [nnz]: the slot of each CSR entry.
@@ -319,6 +321,7 @@ impl Pattern {
             let mut to_entries = Vec::new();
             let mut to_slots = vec![0u32; self.nnz()];
             let (mut rows_covered, mut rows_covered_causal) = (true, true);
+            let mut causal_slots = 0;
             for h in 0..heads {
                 let entries = |i: usize| {
                     let at = h * (nq + 1) + i;
@@ -336,6 +339,7 @@ impl Pattern {
                     slot_of[j as usize] = t as u32;
                 }
                 for i in 0..nq {
+                    causal_slots += list.partition_point(|&j| j as usize <= i);
                     let row = entries(i);
                     rows_covered &= !row.is_empty();
                     rows_covered_causal &= !row.is_empty() && self.key_index[row.start] as usize <= i;
@@ -359,6 +363,7 @@ impl Pattern {
                 lists: upload(&[lists.len()], &lists),
                 longest,
                 slots: to_entries.len(),
+                causal_slots,
                 to_entries: upload(&[to_entries.len().max(1)], &to_entries_or_none(to_entries)),
                 to_slots: upload(&[to_slots.len().max(1)], &to_entries_or_none(to_slots)),
                 rows_covered,
