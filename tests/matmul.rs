@@ -79,8 +79,8 @@ fn matmul_random_shapes() {
     }
 }
 
-/// Shapes whose rows are multiples of 4 take the vec4 and subgroup kernels of CPU adapters; these
-/// leave partial register blocks (64 x 32 and 8 x 16) on every side.
+/// Shapes whose rows are multiples of 4 take the vec4 and subgroup kernels of CPU adapters. These
+/// shapes leave partial register blocks (64 x 32 and 8 x 16) on every side.
 #[test]
 fn matmul_vec4_shapes_with_partial_blocks() {
     let mut rng = Rng::new(4);

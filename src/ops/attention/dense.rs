@@ -28,8 +28,8 @@ pub(super) fn block() -> usize {
     }
 }
 
-/// The fused kernels, with tiles shared through subgroup shuffles where the adapter has 8-lane
-/// subgroups (the workgroup is then one subgroup).
+/// Returns the shader of the fused kernels: tiles shared through subgroup shuffles where the
+/// adapter has 8-lane subgroups (the workgroup is then one subgroup), plain loads elsewhere.
 pub(super) fn shader() -> &'static gpu::Shader {
     if gpu::get().subgroup8 && block() == 8 {
         &shaders::ATTENTION_DENSE_SUBGROUP

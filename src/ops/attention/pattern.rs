@@ -39,13 +39,13 @@ struct Device {
     key_union: OnceLock<KeyUnion>,
 }
 
-/// Marks a grid slot of a [`KeyUnion`] that holds no kept entry.
+/// Marks a grid slot of a [`KeyUnion`] without a kept entry.
 pub(super) const NONE: u32 = u32::MAX;
 
-/// A pattern seen as per-head key lists: head h's list holds every key that some row of h
-/// keeps, and the [Nq, list length] grid of each head holds the kept entries plus slots to
-/// mask. The fused dense kernels run over such lists with the mask in the bias; on CPU
-/// adapters that reads far less than the row kernels whenever rows share most of their keys.
+/// A pattern seen as per-head key lists. Head h's list contains every key that some row of h
+/// keeps, and the [Nq, list length] grid of each head contains the kept entries plus slots to
+/// mask. The fused dense kernels run over such lists with the mask in the bias. On CPU adapters
+/// that reads far less than the row kernels whenever rows share most of their keys.
 #[derive(Clone)]
 pub(super) struct KeyUnion {
     /// List offsets [H + 1], then the keys of every head's list (the KEY_LIST layout).
