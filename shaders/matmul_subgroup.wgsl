@@ -94,7 +94,7 @@ fn matmul_subgroup(
         var av: array<vec4<f32>, 8>;
         if (TRANS_A) {
             // A is [K, M]: four rows of op(A) at one step are one vec4. M % 4 == 0, so a
-            // clamped vec4 holds either the rows themselves or rows that are never stored.
+            // clamped vec4 contains either the rows themselves or rows that are never stored.
             let lo_col = (a_base + min(m0, p.m - 4u)) / 4u;
             let hi_col = (a_base + min(m0 + 4u, p.m - 4u)) / 4u;
             let a_step = p.a_cs / 4u;

@@ -643,7 +643,7 @@ fn image_loader_restore_continues() {
     assert_eq!(image_order(&mut restored, 6), expected);
 }
 
-/// Images 3 x 4 whose pixel (y, x) holds 100 * i + 10 * y + x + 1, so zero marks fill.
+/// Images 3 x 4 whose pixel (y, x) is 100 * i + 10 * y + x + 1, so zero marks fill.
 fn gradient_dataset(n: usize) -> Arc<ImageDataset> {
     let (h, w) = (3, 4);
     let images = (0..n)

@@ -67,7 +67,7 @@ pub fn cell_size(n: usize) -> usize {
 }
 
 /// Plots loss curves, one colour per series of (step, loss) points, on shared axes, and returns
-/// a caption with the axes' ranges and the colour of each series (the image holds no text).
+/// a caption with the axes' ranges and the colour of each series (the image contains no text).
 pub fn loss_curves(path: &Path, series: &[(String, Vec<(f64, f64)>)]) -> Result<String> {
     const COLOUR_NAMES: [&str; 6] = ["blue", "orange", "green", "red", "purple", "brown"];
     let (width, height, margin) = (640u32, 360u32, 24i64);

@@ -3,6 +3,8 @@
 //! fused dense kernels restricted to their key lists; other patterns on the row kernels of
 //! attention_gathered.wgsl.
 
+use std::sync::OnceLock;
+
 use bytemuck::{Pod, Zeroable};
 
 use super::dense::{BiasArg, KeyList, Padded, Saved, block, check_binding, fused_backward, fused_forward};
@@ -101,10 +103,9 @@ const MASKED: f32 = -1.0e9;
 /// kernels costs 2 d + 2, because rows there share no K or V load. Other adapters run the row
 /// kernels.
 fn key_union<'p>(pattern: &'p Pattern, dims: &Dims, cfg: &AttentionConfig) -> Option<&'p KeyUnion> {
-    let path = match (cfg.gathered, std::env::var("FIAK_GATHERED").ok().as_deref()) {
-        (GatheredPath::Auto, Some("rows")) => GatheredPath::Rows,
-        (GatheredPath::Auto, Some("union")) => GatheredPath::KeyUnion,
-        (path, _) => path,
+    let path = match cfg.gathered {
+        GatheredPath::Auto => forced_path(),
+        path => path,
     };
     if path == GatheredPath::Rows || pattern.nnz() == 0 {
         return None;
@@ -125,6 +126,24 @@ fn key_union<'p>(pattern: &'p Pattern, dims: &Dims, cfg: &AttentionConfig) -> Op
     let fused_cost = scored * (dims.d / 4 + 1);
     let rows_cost = pattern.nnz() * (2 * dims.d + 2);
     (path == GatheredPath::KeyUnion || fused_cost < rows_cost).then_some(union)
+}
+
+/// Returns the path `FIAK_GATHERED=rows|union` forces, or Auto. The variable is read once per
+/// process.
+fn forced_path() -> GatheredPath {
+    static CHOICE: OnceLock<GatheredPath> = OnceLock::new();
+    *CHOICE.get_or_init(|| {
+        let forced = std::env::var("FIAK_GATHERED").ok().filter(|v| !v.is_empty());
+        match forced.as_deref() {
+            Some("rows") => GatheredPath::Rows,
+            Some("union") => GatheredPath::KeyUnion,
+            Some(other) => {
+                log::warn!("FIAK_GATHERED={other} ignored: expected rows or union");
+                GatheredPath::Auto
+            }
+            None => GatheredPath::Auto,
+        }
+    })
 }
 
 /// Moves per-entry values between the CSR order and the key-union grid: `dst[x] = src[index[x]]`,

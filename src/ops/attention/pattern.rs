@@ -305,11 +305,7 @@ impl Pattern {
     pub(super) fn shared_keys_tensor(&self) -> Option<(&Tensor, usize)> {
         let shared = self.shared_keys.as_ref()?;
         let tensor = self.device.shared_keys.get_or_init(|| upload(&[shared.len()], shared));
-        let longest = (0..self.heads)
-            .map(|h| (shared[h + 1] - shared[h]) as usize)
-            .max()
-            .unwrap_or(0);
-        Some((tensor, longest))
+        Some((tensor, longest_list(self.heads, shared)))
     }
 
     /// Returns the pattern as per-head key lists over the union of their rows' keys.
@@ -354,18 +350,14 @@ impl Pattern {
                 keys.extend_from_slice(&list);
                 lists.push(keys.len() as u32);
             }
-            let longest = (0..heads)
-                .map(|h| (lists[h + 1] - lists[h]) as usize)
-                .max()
-                .unwrap_or(0);
             lists.extend(keys);
             KeyUnion {
+                longest: longest_list(heads, &lists),
                 lists: upload(&[lists.len()], &lists),
-                longest,
                 slots: to_entries.len(),
                 causal_slots,
-                to_entries: upload(&[to_entries.len().max(1)], &to_entries_or_none(to_entries)),
-                to_slots: upload(&[to_slots.len().max(1)], &to_entries_or_none(to_slots)),
+                to_entries: upload_map(to_entries),
+                to_slots: upload_map(to_slots),
                 rows_covered,
                 rows_covered_causal,
             }
@@ -414,12 +406,20 @@ impl Pattern {
     }
 }
 
-/// Keeps a map non-empty, so that it can be bound.
-fn to_entries_or_none(mut map: Vec<u32>) -> Vec<u32> {
+/// Returns the length of the longest of `heads` key lists, from their offsets [H + 1].
+fn longest_list(heads: usize, offsets: &[u32]) -> usize {
+    (0..heads)
+        .map(|h| (offsets[h + 1] - offsets[h]) as usize)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Uploads a slot or entry map, padded with NONE to one element when empty so it can be bound.
+fn upload_map(mut map: Vec<u32>) -> Tensor {
     if map.is_empty() {
         map.push(NONE);
     }
-    map
+    upload(&[map.len()], &map)
 }
 
 fn upload(shape: &[usize], data: &[u32]) -> Tensor {
