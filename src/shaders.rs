@@ -32,12 +32,14 @@ pub static ATTENTION_DENSE: Shader = Shader {
         include_str!("../shaders/parts/attention_tiles.wgsl")
     ),
 };
-/// Fused dense attention whose tiles the lanes of an 8-lane subgroup load together.
+/// Fused dense attention with the kernels for 8-lane subgroups (entry points `*_subgroup`),
+/// whose tiles the lanes load together.
 pub static ATTENTION_DENSE_SUBGROUP: Shader = Shader {
     file: "attention_dense.wgsl+subgroup",
     source: concat!(
         include_str!("../shaders/attention_dense.wgsl"),
-        include_str!("../shaders/parts/attention_tiles_subgroup.wgsl")
+        include_str!("../shaders/parts/attention_tiles_subgroup.wgsl"),
+        include_str!("../shaders/parts/attention_kernels_subgroup.wgsl")
     ),
 };
 shader!(ATTENTION_GATHERED, "attention_gathered.wgsl");

@@ -28,18 +28,39 @@ pub(super) fn block() -> usize {
     }
 }
 
-/// Returns the shader of the fused kernels: tiles shared through subgroup shuffles where the
-/// adapter has 8-lane subgroups (the workgroup is then one subgroup), plain loads elsewhere.
-pub(super) fn shader() -> &'static gpu::Shader {
-    if gpu::get().subgroup8 && block() == 8 {
-        &shaders::ATTENTION_DENSE_SUBGROUP
-    } else {
-        &shaders::ATTENTION_DENSE
-    }
+/// The fused kernels: the subgroup kernels where the adapter has 8-lane subgroups (the
+/// workgroup is then one subgroup), the plain ones elsewhere.
+pub(super) struct Kernels {
+    shader: &'static gpu::Shader,
+    suffix: &'static str,
 }
 
-fn constants() -> [(&'static str, f64); 1] {
-    [("BLOCK", block() as f64)]
+impl Kernels {
+    pub(super) fn new() -> Kernels {
+        if gpu::get().subgroup8 && block() == 8 {
+            Kernels {
+                shader: &shaders::ATTENTION_DENSE_SUBGROUP,
+                suffix: "_subgroup",
+            }
+        } else {
+            Kernels {
+                shader: &shaders::ATTENTION_DENSE,
+                suffix: "",
+            }
+        }
+    }
+
+    /// Dispatches the kernel `entry` (forward, backward_dq or backward_dkdv).
+    fn dispatch(&self, entry: &str, params: &Params, bindings: &[Binding], groups: [u32; 3]) -> Result<()> {
+        gpu::get().dispatch(
+            self.shader,
+            &format!("{entry}{}", self.suffix),
+            &[("BLOCK", block() as f64)],
+            bytemuck::bytes_of(params),
+            bindings,
+            groups,
+        )
+    }
 }
 
 /// Bias of a fused kernel call, with the layout that decides its addressing.
@@ -225,7 +246,7 @@ pub(super) fn fused_forward(
     let no_list = Tensor::zeros(&[1], DType::U32);
     let list = key_list.map_or(&no_list, |l| l.tensor);
 
-    let gpu = gpu::get();
+    let kernels = Kernels::new();
     for items in batch_chunks(op, dims.batch, &item_elements(dims, &bias))? {
         let mut p = base_params(dims, scale, cfg, &bias, key_list.is_some());
         let (q_bind, q_off) = window(q, dims.q_item(), &items);
@@ -239,11 +260,9 @@ pub(super) fn fused_forward(
             None => (q_bind, 0),
         };
         (p.q_off, p.k_off, p.row_off, p.bias_off) = (q_off / 4, k_off / 4, row_off, bias_off);
-        gpu.dispatch(
-            shader(),
+        kernels.dispatch(
             "forward",
-            &constants(),
-            bytemuck::bytes_of(&p),
+            &p,
             &[q_bind, k_bind, v_bind, bias_bind, whole(list), out_bind, lse_bind],
             [groups(dims.nq, block() * ROWS), dims.heads as u32, items.len() as u32],
         )?;
@@ -311,7 +330,7 @@ pub(super) fn fused_backward(
     let scratch = Tensor::empty(&[1], DType::F32);
     let slots = key_list.map_or(dims.nk, |l| l.max_count);
 
-    let gpu = gpu::get();
+    let kernels = Kernels::new();
     let chunks = batch_chunks(op, dims.batch, &item_elements(dims, &bias))?;
     for (chunk, items) in chunks.iter().enumerate() {
         let mut p = base_params(dims, scale, cfg, &bias, key_list.is_some());
@@ -336,11 +355,9 @@ pub(super) fn fused_backward(
         (p.q_off, p.k_off, p.row_off, p.bias_off) = (q_off / 4, k_off / 4, row_off, bias_off);
         let list_bind = whole(list);
 
-        gpu.dispatch(
-            shader(),
+        kernels.dispatch(
             "backward_dq",
-            &constants(),
-            bytemuck::bytes_of(&p),
+            &p,
             &[
                 q_bind, k_bind, v_bind, bias_bind, list_bind, out_bind, lse_bind, dout_bind, dq_bind, delta_bind,
             ],
@@ -364,11 +381,9 @@ pub(super) fn fused_backward(
             p.h_inner = dims.heads as u32;
         }
         let slices = (items.len() / p.b_inner as usize) * (dims.heads / p.h_inner as usize);
-        gpu.dispatch(
-            shader(),
+        kernels.dispatch(
             "backward_dkdv",
-            &constants(),
-            bytemuck::bytes_of(&p),
+            &p,
             &[
                 q_bind, k_bind, v_bind, bias_bind, list_bind, delta_bind, lse_bind, dout_bind, dk_bind, dv_bind,
                 dbias_bind,
