@@ -450,6 +450,30 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     }
 }
 
+// Bias gradient of a bias broadcast over the rows: writes (or adds, for a later batch chunk)
+// the sums of the ROWS = 4 key slots from first_slot in the slice of (b_outer, h_outer).
+fn store_slot_dbias(b_outer: u32, h_outer: u32, first_slot: u32, sums: vec4<f32>) {
+    let slice_base = p.bias_off + b_outer * p.b_inner * p.bias_bs + h_outer * p.h_inner * p.bias_hs;
+    for (var r = 0u; r < ROWS; r++) {
+        let slot = first_slot + r;
+        if (slot < p.nk) {
+            if (has(ACCUMULATE_DBIAS)) {
+                dbias[slice_base + slot] += sums[r];
+            } else {
+                dbias[slice_base + slot] = sums[r];
+            }
+        }
+    }
+}
+
+// Zeroes the bias gradient of one key slot in rows 0 .. rows, which see none of the block's
+// keys under a causal mask. `entry` is the slot's element in row 0.
+fn zero_dbias_rows(entry: u32, row_stride: u32, rows: u32) {
+    for (var i = 0u; i < rows; i++) {
+        dbias[entry + i * row_stride] = 0.0;
+    }
+}
+
 // dv_j = sum_i P_ij dout_i, dk_j = scale * sum_i ds_ij (q_i [- k_j] for Gaussian logits), and
 // the bias gradient ds_ij summed over the bias's broadcast axes.
 //
@@ -624,26 +648,14 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
                 }
                 // Rows before row_start still need their (zero) bias gradient.
                 if (with_bias && !rows_broadcast && first_pair) {
-                    for (var i = 0u; i < row_start; i++) {
-                        dbias[slice_base + i * slice_rs + slots[r]] = 0.0;
-                    }
+                    zero_dbias_rows(slice_base + slots[r], slice_rs, row_start);
                 }
             }
         }
     }
 
     if (with_bias && rows_broadcast) {
-        let slice_base = p.bias_off + b_outer * p.b_inner * p.bias_bs + h_outer * p.h_inner * p.bias_hs;
-        for (var r = 0u; r < ROWS; r++) {
-            let slot = first_slot + r;
-            if (slot < p.nk) {
-                if (has(ACCUMULATE_DBIAS)) {
-                    dbias[slice_base + slot] += dbias_sum[r];
-                } else {
-                    dbias[slice_base + slot] = dbias_sum[r];
-                }
-            }
-        }
+        store_slot_dbias(b_outer, h_outer, first_slot, vec4<f32>(dbias_sum[0], dbias_sum[1], dbias_sum[2], dbias_sum[3]));
     }
 }
 

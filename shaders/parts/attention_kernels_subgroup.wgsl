@@ -479,25 +479,13 @@ fn backward_dkdv_subgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_
                 }
                 // Rows before row_start still need their (zero) bias gradient.
                 if (with_bias && !rows_broadcast && first_pair) {
-                    for (var i = 0u; i < row_start; i++) {
-                        dbias[slice_base + i * slice_rs + slots[r]] = 0.0;
-                    }
+                    zero_dbias_rows(slice_base + slots[r], slice_rs, row_start);
                 }
             }
         }
     }
 
     if (with_bias && rows_broadcast) {
-        let slice_base = p.bias_off + b_outer * p.b_inner * p.bias_bs + h_outer * p.h_inner * p.bias_hs;
-        for (var r = 0u; r < ROWS; r++) {
-            let slot = first_slot + r;
-            if (slot < p.nk) {
-                if (has(ACCUMULATE_DBIAS)) {
-                    dbias[slice_base + slot] += dbias_sum[r];
-                } else {
-                    dbias[slice_base + slot] = dbias_sum[r];
-                }
-            }
-        }
+        store_slot_dbias(b_outer, h_outer, first_slot, dbias_sum);
     }
 }
