@@ -76,8 +76,8 @@ fn store_dkdv(key_rows: vec4<u32>, valid: vec4<bool>, c: u32, dk4: mat4x4<f32>, 
     }
 }
 
-// a[r] = a[r] * scale[r] + sum over the tile of w[t][r] * x[t]: the accumulator update of
-// chunk c for the four rows.
+// The accumulator update of chunk c for the four rows, a[r] = a[r] * scale[r] + sum over the
+// tile of w[t][r] * x[t]: `scaled` gives the first term, `add_outer` adds one key's term.
 fn scaled(a: mat4x4<f32>, scale: vec4<f32>) -> mat4x4<f32> {
     return mat4x4<f32>(a[0] * scale.x, a[1] * scale.y, a[2] * scale.z, a[3] * scale.w);
 }
