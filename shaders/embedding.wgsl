@@ -2,6 +2,7 @@
 //
 //   embedding:           out[s, d] = table[ids[s], d], or 0 when ids[s] >= vocab
 //   embedding_backward:  dtable[v, d] = sum over positions s with ids[s] == v of dy[s, d]
+//   embedding_backward_distinct:  dtable[ids[s], d] = dy[s, d], for pairwise distinct ids
 //
 // Both bind the table (or its gradient) in windows of rows so that tables over the storage
 // binding limit work: a dispatch covers table rows row0 .. row0 + rows.
@@ -18,6 +19,15 @@
 //   2  offsets    array<u32>   [vocab + 1], CSR row offsets into `positions`
 //   3  positions  array<u32>   [entries], the positions of each id in ascending order
 //   4  dtable     array<f32>   [rows, dim] window from off_dtable
+//
+// Bindings of `embedding_backward_distinct` (params: DistinctParams):
+//   1  dy         array<f32>   [positions, dim] window from off_dy
+//   2  ids        array<u32>   [positions] from off_ids
+//   3  out        array<f32>   [rows, dim] window of the zeroed dtable from off_out
+// Each position copies its dy row into the row of its id when that row lies in the window.
+// With distinct ids no two invocations write the same element, so a pruning pattern's kept
+// entries scatter their gradient in one pass over the kept entries instead of one pass over
+// every entry of the table.
 // Each invocation sums the positions of its id that lie in the dy window, in ascending order,
 // and writes (or with `accumulate` adds) the sum: deterministic, without atomics. Ids without
 // positions get zeros.
@@ -62,6 +72,17 @@ struct ScatterParams {
     accumulate: u32,
 }
 
+struct DistinctParams {
+    positions: u32,
+    dim: u32,
+    row0: u32,
+    rows: u32,
+    off_dy: u32,
+    off_ids: u32,
+    off_out: u32,
+    _pad0: u32,
+}
+
 override WG: u32 = 64u;
 // Equal to ROW_CACHE in src/ops/softmax.rs, which sizes the workgroups.
 const CACHE: u32 = 32u;
@@ -78,6 +99,8 @@ const ROW_WG: u32 = 16u;
 @group(0) @binding(2) var<storage, read> offsets: array<u32>;
 @group(0) @binding(3) var<storage, read> positions: array<u32>;
 @group(0) @binding(4) var<storage, read_write> dtable: array<f32>;
+
+@group(0) @binding(0) var<uniform> pd: DistinctParams;
 
 var<private> acc: array<f32, CACHE>;
 
@@ -224,5 +247,43 @@ fn embedding_backward_rows(
                 dtable[out_base + d] = acc[k];
             }
         }
+    }
+}
+
+// Copies row s of dy into the dtable window when its id lies there.
+fn scatter_distinct_row(s: u32, first: u32, stride: u32) {
+    // Unsigned wrap-around: ids below row0 become large and fail the test.
+    let local_row = ids[pd.off_ids + s] - pd.row0;
+    if (local_row >= pd.rows) {
+        return;
+    }
+    let dy_base = pd.off_dy + s * pd.dim;
+    let out_base = pd.off_out + local_row * pd.dim;
+    for (var d = first; d < pd.dim; d += stride) {
+        out[out_base + d] = dy[dy_base + d];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn embedding_backward_distinct(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let s = wid.x + wid.y * groups.x;
+    if (s < pd.positions) {
+        scatter_distinct_row(s, lid, WG);
+    }
+}
+
+@compute @workgroup_size(ROW_WG)
+fn embedding_backward_distinct_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let s = row_invocation(wid, groups, lid);
+    if (s < pd.positions) {
+        scatter_distinct_row(s, 0u, 1u);
     }
 }

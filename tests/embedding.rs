@@ -7,7 +7,7 @@
 mod common;
 
 use common::{Rng, assert_close, reference};
-use fiak::ops::embedding::{embedding, embedding_backward};
+use fiak::ops::embedding::{embedding, embedding_backward, embedding_backward_distinct};
 use fiak::{DType, Tensor};
 
 /// The gather copies exactly. The backward sums at most a few dozen f32 rows per id.
@@ -88,6 +88,41 @@ fn embedding_repeated_ids() {
     assert!(got[dim..2 * dim].iter().all(|&v| v == 0.0), "id 1 never occurs");
 }
 
+/// Distinct ids drawn from a shuffled range that runs past `vocab`, so a few are out of range.
+fn distinct_ids(rng: &mut Rng, vocab: usize, positions: usize) -> Vec<u32> {
+    let mut pool: Vec<u32> = (0..(vocab + 3) as u32).collect();
+    for i in (1..pool.len()).rev() {
+        pool.swap(i, rng.below(i + 1));
+    }
+    pool.truncate(positions);
+    pool
+}
+
+#[test]
+fn embedding_backward_distinct_matches_the_summing_backward() {
+    let mut rng = Rng::new(43);
+    for (vocab, dim, positions) in [(1, 1, 1), (9, 1, 5), (40, 3, 40), (300, 70, 120), (5000, 1, 2100)] {
+        let ids = distinct_ids(&mut rng, vocab, positions);
+        let dy = rng.vec(ids.len() * dim, 1.0);
+        let tdy = Tensor::from_f32(&[ids.len(), dim], &dy).unwrap();
+        let tids = Tensor::from_u32(&[ids.len()], &ids).unwrap();
+        let got = embedding_backward_distinct(&tdy, &tids, vocab).unwrap();
+        assert_eq!(got.shape(), &[vocab, dim]);
+        // A copy, so exactly equal to the summing backward of the same ids.
+        assert_eq!(
+            got.to_f32_vec(),
+            reference::embedding::embedding_backward(&dy, &ids, vocab, dim),
+            "V={vocab} D={dim} {positions} distinct ids"
+        );
+    }
+    let dy = Tensor::zeros(&[2, 3], DType::F32);
+    let ids = Tensor::from_u32(&[3], &[0, 1, 2]).unwrap();
+    assert!(
+        embedding_backward_distinct(&dy, &ids, 4).is_err(),
+        "dy rows differ from the id count"
+    );
+}
+
 #[test]
 fn embedding_backward_without_valid_ids() {
     let dy = Tensor::full(&[2, 3], 1.0);
@@ -141,10 +176,24 @@ fn embedding_table_over_binding_limit() {
     let dtable = embedding_backward(&Tensor::from_f32(&[3, 4, dim], &dy).unwrap(), &ids, vocab).unwrap();
     assert_eq!(dtable.shape(), &[vocab, dim]);
     let got = dtable.to_f32_vec();
+    drop(dtable);
     for v in [0u32, 1, 2, 20_000, 32_766, 32_767, 32_768, 32_769, 32_998, 32_999] {
         let want = reference::embedding::embedding_backward_row(&dy, &ids, dim, v);
         let row = &got[v as usize * dim..(v as usize + 1) * dim];
         assert_close(&format!("dtable row {v}"), row, &want, ATOL, RTOL);
+    }
+    drop(got);
+
+    // The distinct-id scatter writes each window of the gradient too.
+    let distinct = [0u32, 32_766, 32_767, 32_768, 32_999, 40_000];
+    let dy = &dy[..distinct.len() * dim];
+    let tdy = Tensor::from_f32(&[distinct.len(), dim], dy).unwrap();
+    let tids = Tensor::from_u32(&[distinct.len()], &distinct).unwrap();
+    let got = embedding_backward_distinct(&tdy, &tids, vocab).unwrap().to_f32_vec();
+    for v in [0u32, 1, 32_765, 32_766, 32_767, 32_768, 32_769, 32_999] {
+        let want = reference::embedding::embedding_backward_row(dy, &distinct, dim, v);
+        let row = &got[v as usize * dim..(v as usize + 1) * dim];
+        assert_eq!(row, &want[..], "distinct-id gradient row {v}");
     }
 }
 

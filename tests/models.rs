@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use common::assert_close;
 use fiak::Tensor;
 use fiak::autograd::no_grad;
-use fiak::fiak::{PriorKind, PriorLearning};
+use fiak::fiak::{PriorKind, PriorLearning, PruneScope, PruneSpec};
 use fiak::models::{Gpt, GptConfig, Model, Vit, VitConfig, patchify};
 use fiak::nn::AttentionOptions;
 
@@ -350,4 +350,107 @@ fn adding_priors_leaves_outputs_unchanged() {
     // A uniform prior is an additive constant per row, which the softmax removes exactly up
     // to rounding of the bias addition.
     assert_close("logits after adding priors", &after, &before, 1e-6, 1e-5);
+}
+
+/// Entries of each layer's [H, N, N] grid that its pattern keeps.
+fn kept_entries(model: &Model) -> Vec<Vec<bool>> {
+    model
+        .attention_layers()
+        .iter()
+        .map(|layer| {
+            let pattern = &layer.pruned.as_ref().expect("pruned").pattern;
+            let (heads, nq, nk) = (pattern.heads(), pattern.nq(), pattern.nk());
+            let (offsets, keys) = (pattern.row_offsets(), pattern.key_index());
+            let mut kept = vec![false; heads * nq * nk];
+            for h in 0..heads {
+                for i in 0..nq {
+                    let row = h * (nq + 1) + i;
+                    for &j in &keys[offsets[row] as usize..offsets[row + 1] as usize] {
+                        kept[(h * nq + i) * nk + j as usize] = true;
+                    }
+                }
+            }
+            kept
+        })
+        .collect()
+}
+
+#[test]
+fn pruned_prior_gradients_match_masked_dense() {
+    // A pruned model runs the gathered kernels on its kept entries' prior logits, and their
+    // gradient scatters back into the [H, N, N] priors. A dense model whose pruned entries
+    // carry a prior of -30000 (weight exactly 0 in f32) must give the same loss and gradients.
+    let config = VitConfig::preset("smoke", 10).unwrap();
+    let with_priors = || {
+        let mut model = Model::Vit(Vit::new(config.clone(), 9).unwrap());
+        model.add_priors(PriorKind::EntryKey, PriorLearning::Gd);
+        for (l, layer) in model.attention_layers().into_iter().enumerate() {
+            let theta = layer.entry_prior.as_ref().unwrap().value();
+            let n = theta.numel();
+            let values: Vec<f32> = (0..n)
+                .map(|e| ((e * 7919 + l * 31) % 1009) as f32 / 500.0 - 1.0)
+                .collect();
+            theta.write_f32(&values).unwrap();
+            let phi = layer.key_prior.as_ref().unwrap().value();
+            let values: Vec<f32> = (0..phi.numel()).map(|j| ((j * 37 + l) % 11) as f32 / 10.0).collect();
+            phi.write_f32(&values).unwrap();
+        }
+        model
+    };
+    let mut pruned = with_priors();
+    let spec = PruneSpec {
+        scores: 0.6,
+        keys: 0.2,
+        scope: PruneScope::Layer,
+    };
+    pruned.prune(&spec, false).unwrap();
+    let kept = kept_entries(&pruned);
+    let masked = with_priors();
+    for (layer, kept) in masked.attention_layers().into_iter().zip(&kept) {
+        let theta = layer.entry_prior.as_ref().unwrap().value();
+        let mut values = theta.to_f32_vec();
+        for (value, &keep) in values.iter_mut().zip(kept) {
+            if !keep {
+                *value = -30000.0;
+            }
+        }
+        theta.write_f32(&values).unwrap();
+    }
+
+    let batch = 3;
+    let images: Vec<f32> = (0..batch * 28 * 28).map(|i| ((i * 37) % 251) as f32 / 251.0).collect();
+    let patches = patchify(&images, batch, 1, 28, config.patch_size);
+    let patches = Tensor::from_f32(&[batch, config.num_patches(), config.patch_dim()], &patches).unwrap();
+    let labels = Tensor::from_u32(&[batch], &[3, 0, 7]).unwrap();
+    let loss_and_gradients = |model: &Model| {
+        let Model::Vit(v) = model else { unreachable!() };
+        let logits = v.forward(&patches, &AttentionOptions::default()).unwrap();
+        let loss = logits.cross_entropy(&labels, 0.0, None).unwrap();
+        loss.backward().unwrap();
+        let grads: Vec<(Vec<f32>, Vec<f32>)> = model
+            .attention_layers()
+            .iter()
+            .map(|layer| {
+                let grad = |p: &Option<fiak::autograd::Var>| p.as_ref().unwrap().grad().unwrap().to_f32_vec();
+                (grad(&layer.entry_prior), grad(&layer.key_prior))
+            })
+            .collect();
+        (loss.value().to_f32_vec()[0], grads)
+    };
+    let (loss_pruned, grads_pruned) = loss_and_gradients(&pruned);
+    let (loss_masked, grads_masked) = loss_and_gradients(&masked);
+
+    assert_close("loss", &[loss_pruned], &[loss_masked], 1e-5, 1e-5);
+    for (l, ((theta_p, phi_p), (theta_m, phi_m))) in grads_pruned.iter().zip(&grads_masked).enumerate() {
+        assert!(
+            theta_p.iter().zip(&kept[l]).all(|(&g, &keep)| keep || g == 0.0),
+            "layer {l}: pruned entries get no prior gradient"
+        );
+        assert!(
+            theta_p.iter().any(|&g| g != 0.0),
+            "layer {l}: kept entries get a gradient"
+        );
+        assert_close(&format!("layer {l} entry prior gradient"), theta_p, theta_m, 1e-6, 1e-4);
+        assert_close(&format!("layer {l} key prior gradient"), phi_p, phi_m, 1e-6, 1e-4);
+    }
 }

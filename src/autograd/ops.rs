@@ -246,6 +246,17 @@ impl Var {
         }))
     }
 
+    /// [`Var::embedding`] for pairwise distinct `ids`, whose backward scatters in one pass
+    /// over the ids (see [`embedding::embedding_backward_distinct`]).
+    pub fn embedding_distinct(table: &Var, ids: &Tensor) -> Result<Var> {
+        let out = embedding::embedding(table.value(), ids)?;
+        let vocab = table.value().dim(0);
+        let ids = ids.clone();
+        Ok(Var::from_op(out, &[table], move |dy| {
+            Ok(vec![Some(embedding::embedding_backward_distinct(dy, &ids, vocab)?)])
+        }))
+    }
+
     /// Mean cross-entropy of logits [N, C] against u32 targets [N], [1].
     pub fn cross_entropy(&self, targets: &Tensor, label_smoothing: f32, ignore_index: Option<u32>) -> Result<Var> {
         let logits = self.value().clone();

@@ -28,7 +28,8 @@ impl Default for AttentionOptions {
 }
 
 /// A pruning pattern with the flat index h * Nq * Nk + i * Nk + j of every kept entry, which
-/// gathers the kept entries' prior logits.
+/// gathers the kept entries' prior logits. The indices are distinct because each row's kept
+/// keys are.
 pub struct Pruned {
     pub pattern: Arc<Pattern>,
     flat_index: Tensor,
@@ -192,7 +193,7 @@ impl Attention {
                 return Ok(None);
             };
             let table = dense.reshape(&[h * n * n, 1])?;
-            let kept = Var::embedding(&table, &pruned.flat_index, pruned.flat_host.clone())?; // [nnz, 1]
+            let kept = Var::embedding_distinct(&table, &pruned.flat_index)?; // [nnz, 1]
             return Ok(Some(kept.reshape(&[pruned.flat_host.len()])?));
         }
         Ok(match (&self.entry_prior, &self.key_prior) {

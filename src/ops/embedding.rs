@@ -38,6 +38,19 @@ struct ScatterParams {
     accumulate: u32,
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct DistinctParams {
+    positions: u32,
+    dim: u32,
+    row0: u32,
+    rows: u32,
+    off_dy: u32,
+    off_ids: u32,
+    off_out: u32,
+    pad: u32,
+}
+
 /// Looks up the rows of `table` [V, D] (f32) at `ids` (u32, any shape S) and returns them as
 /// [S.., D].
 ///
@@ -202,6 +215,73 @@ pub fn embedding_backward(dy: &Tensor, ids: &[u32], vocab: usize) -> Result<Tens
                 &[dy_bind, offsets.bind(), positions.bind(), dtable_bind],
                 rows * chunks,
             )?;
+        }
+    }
+    Ok(dtable)
+}
+
+/// Returns the table gradient [vocab, D] of [`embedding`] when the `ids` (u32 on the device,
+/// flattened S) are pairwise distinct: row ids[s] of the gradient is dy[s], the other rows
+/// are zero, and ids >= vocab contribute nothing.
+///
+/// One pass over the positions, with no host work per call, where [`embedding_backward`]
+/// passes over every row of the table: the gather of a pruning pattern's kept prior logits
+/// touches a few of H x N x N rows. Repeated ids would make invocations write the same row,
+/// so the caller guarantees distinct ids (a pattern's flat entry indices are).
+pub fn embedding_backward_distinct(dy: &Tensor, ids: &Tensor, vocab: usize) -> Result<Tensor> {
+    const OP: &str = "embedding_backward_distinct";
+    if dy.dtype() != DType::F32 || dy.rank() == 0 || ids.dtype() != DType::U32 {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "dy must be f32 [S.., D] and ids u32 [S..], got dy {:?} {:?} and ids {:?} {:?}",
+                dy.shape(),
+                dy.dtype(),
+                ids.shape(),
+                ids.dtype()
+            ),
+        ));
+    }
+    let dim = dy.dim(-1);
+    let positions = ids.numel();
+    if dy.numel() != positions * dim {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "dy {:?} does not hold one row of {dim} per id ({positions} ids)",
+                dy.shape()
+            ),
+        ));
+    }
+    if vocab >= u32::MAX as usize {
+        return Err(Error::shape(
+            OP,
+            format!("{vocab} ids exceed the u32 indices of the kernel"),
+        ));
+    }
+    let dtable = Tensor::zeros(&[vocab, dim], DType::F32);
+    if vocab == 0 || dim == 0 || positions == 0 {
+        return Ok(dtable);
+    }
+    let kernel = RowDispatch::new(OP, dim);
+
+    let table_windows = row_windows(OP, vocab, &[dim], 1)?;
+    for (pos0, pos_count) in row_windows(OP, positions, &[dim], 1)? {
+        let (ids_bind, off_ids) = ids.bind_window(pos0, pos_count);
+        let (dy_bind, off_dy) = dy.bind_window(pos0 * dim, pos_count * dim);
+        for &(row0, rows) in &table_windows {
+            let (out_bind, off_out) = dtable.bind_window(row0 * dim, rows * dim);
+            let params = DistinctParams {
+                positions: pos_count as u32,
+                dim: dim as u32,
+                row0: row0 as u32,
+                rows: rows as u32,
+                off_dy,
+                off_ids,
+                off_out,
+                pad: 0,
+            };
+            kernel.dispatch(&shaders::EMBEDDING, &params, &[dy_bind, ids_bind, out_bind], pos_count)?;
         }
     }
     Ok(dtable)
