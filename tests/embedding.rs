@@ -99,7 +99,7 @@ fn distinct_ids(rng: &mut Rng, vocab: usize, positions: usize) -> Vec<u32> {
 }
 
 #[test]
-fn embedding_backward_distinct_matches_the_summing_backward() {
+fn distinct_backward_matches_summing_backward() {
     let mut rng = Rng::new(43);
     for (vocab, dim, positions) in [(1, 1, 1), (9, 1, 5), (40, 3, 40), (300, 70, 120), (5000, 1, 2100)] {
         let ids = distinct_ids(&mut rng, vocab, positions);
