@@ -4,8 +4,8 @@
 //   embedding_backward:  dtable[v, d] = sum over positions s with ids[s] == v of dy[s, d]
 //   embedding_backward_distinct:  dtable[ids[s], d] = dy[s, d], for pairwise distinct ids
 //
-// Both bind the table (or its gradient) in windows of rows so that tables over the storage
-// binding limit work: a dispatch covers table rows row0 .. row0 + rows.
+// All three bind the table (or its gradient) in windows of rows so that tables over the
+// storage binding limit work: a dispatch covers table rows row0 .. row0 + rows.
 //
 // Bindings of `embedding` (params: GatherParams):
 //   1  table      array<f32>   [rows, dim] window from off_table
@@ -19,6 +19,9 @@
 //   2  offsets    array<u32>   [vocab + 1], CSR row offsets into `positions`
 //   3  positions  array<u32>   [entries], the positions of each id in ascending order
 //   4  dtable     array<f32>   [rows, dim] window from off_dtable
+// Each invocation sums the positions of its id that lie in the dy window, in ascending order,
+// and writes (or with `accumulate` adds) the sum: deterministic, without atomics. Ids without
+// positions get zeros.
 //
 // Bindings of `embedding_backward_distinct` (params: DistinctParams):
 //   1  dy         array<f32>   [positions, dim] window from off_dy
@@ -28,23 +31,20 @@
 // With distinct ids no two invocations write the same element, so a pruning pattern's kept
 // entries scatter their gradient in one pass over the kept entries instead of one pass over
 // every entry of the table.
-// Each invocation sums the positions of its id that lie in the dy window, in ascending order,
-// and writes (or with `accumulate` adds) the sum: deterministic, without atomics. Ids without
-// positions get zeros.
 //
-// Two variants: `embedding` and `embedding_backward` spread a row over a workgroup, for GPUs.
-// `embedding_rows` and `embedding_backward_rows` give each row, or each chunk of CACHE columns
-// of a row, to one invocation, for CPU adapters, which run the lanes of a SIMD vector as
-// consecutive invocations. Both variants of a kernel have the same bindings.
+// Two variants: `embedding`, `embedding_backward` and `embedding_backward_distinct` spread a
+// row over a workgroup, for GPUs. The `_rows` kernels give each row, or each chunk of CACHE
+// columns of a row, to one invocation, for CPU adapters, which run the lanes of a SIMD vector
+// as consecutive invocations. Both variants of a kernel have the same bindings.
 //
-// Grid of the workgroup variant: workgroup (x, y) handles position (gather) or window row
-// (scatter) x + y * num_workgroups.x, and invocation `lid` handles columns lid + k * WG. The
-// scatter keeps CACHE columns of sums in registers, so each entry's position is loaded once
-// per block of WG * CACHE columns.
-// Grid of the invocation variant: invocation i = (x + y * num_workgroups.x) * ROW_WG + lid. The
-// gather copies position i. The scatter sums columns chunk * CACHE .. chunk * CACHE + CACHE of
-// window row i / chunks, with chunk = i % chunks and chunks = ceil(dim / CACHE), so each
-// entry's position is loaded once per CACHE columns.
+// Grid of the workgroup variant: workgroup (x, y) handles position (gather, distinct scatter)
+// or window row (scatter) x + y * num_workgroups.x, and invocation `lid` handles columns
+// lid + k * WG. The scatter keeps CACHE columns of sums in registers, so each entry's position
+// is loaded once per block of WG * CACHE columns.
+// Grid of the invocation variant: invocation i = (x + y * num_workgroups.x) * ROW_WG + lid.
+// The gather and the distinct scatter copy position i. The scatter sums columns
+// chunk * CACHE .. chunk * CACHE + CACHE of window row i / chunks, with chunk = i % chunks and
+// chunks = ceil(dim / CACHE), so each entry's position is loaded once per CACHE columns.
 
 struct GatherParams {
     positions: u32,

@@ -224,10 +224,11 @@ pub fn embedding_backward(dy: &Tensor, ids: &[u32], vocab: usize) -> Result<Tens
 /// flattened S) are pairwise distinct: row ids[s] of the gradient is dy[s], the other rows
 /// are zero, and ids >= vocab contribute nothing.
 ///
-/// One pass over the positions, with no host work per call, where [`embedding_backward`]
-/// passes over every row of the table: the gather of a pruning pattern's kept prior logits
-/// touches a few of H x N x N rows. Repeated ids would make invocations write the same row,
-/// so the caller guarantees distinct ids (a pattern's flat entry indices are).
+/// The kernel makes one pass over the positions and needs no host work per call. The
+/// general [`embedding_backward`] passes over every row of the table, which costs far more
+/// when the ids pick a few of many rows, as a pruning pattern's kept prior logits do. Repeated
+/// ids would make two invocations write the same row, so the caller must pass distinct ids.
+/// A pattern's flat entry indices are distinct.
 pub fn embedding_backward_distinct(dy: &Tensor, ids: &Tensor, vocab: usize) -> Result<Tensor> {
     const OP: &str = "embedding_backward_distinct";
     if dy.dtype() != DType::F32 || dy.rank() == 0 || ids.dtype() != DType::U32 {
